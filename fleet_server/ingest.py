@@ -1,0 +1,109 @@
+"""Uplink ingestion: idempotent on (device, seq), batched, acknowledged after commit."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from edge_agent import protocol
+from edge_agent.exceptions import ProtocolError
+from fleet_server.tables import Deployment, DeploymentDevice, Device, Telemetry, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def parse_uplinks(batch: list[tuple[str, bytes]]) -> list[protocol.Envelope]:
+    out = []
+    for topic, payload in batch:
+        try:
+            env = protocol.Envelope.from_bytes(payload)
+            # Guards against a device reporting for another: the topic is bound to the
+            # device's identity by the broker ACL, so the body must name the same device.
+            if protocol.device_from_topic(topic) != env.device:
+                raise ProtocolError("envelope device does not match its topic")
+        except ProtocolError as e:
+            log.warning("dropping uplink on %s: %s", topic, e)
+            continue
+        out.append(env)
+    return out
+
+
+def ingest(session: Session, envelopes: list[protocol.Envelope]) -> dict[str, list[int]]:
+    """Store envelopes once each; return the seqs to acknowledge per device."""
+    by_device: dict[str, list[protocol.Envelope]] = defaultdict(list)
+    for env in envelopes:
+        by_device[env.device].append(env)
+    known = {
+        d.id: d
+        for d in session.scalars(select(Device).where(Device.id.in_(list(by_device))))
+        if d.revoked_at is None  # a revoked device's reports are neither stored nor acked
+    }
+    rows = []
+    for device_id, envs in by_device.items():
+        if device_id in known:
+            rows.extend(
+                {
+                    "device_id": device_id,
+                    "seq": e.seq,
+                    "kind": e.kind,
+                    "ts": datetime.fromtimestamp(e.ts, timezone.utc),
+                    "received_at": utcnow(),
+                    "body": e.body,
+                }
+                for e in envs
+            )
+    if not rows:
+        return {}
+    dialect = session.get_bind().dialect.name
+    ins = (postgresql if dialect == "postgresql" else sqlite).insert(Telemetry)
+    stmt = ins.values(rows).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+    result = session.execute(stmt.returning(Telemetry.device_id, Telemetry.seq))
+    fresh = {(r[0], r[1]) for r in result}
+    acks: dict[str, list[int]] = {}
+    for device_id, envs in by_device.items():
+        if device_id not in known:
+            continue
+        device = known[device_id]
+        for env in sorted(envs, key=lambda e: e.seq):
+            if (device_id, env.seq) in fresh:  # side effects once, in sequence order
+                _apply(session, device, env)
+        acks[device_id] = [e.seq for e in envs]
+    return acks
+
+
+def _apply(session: Session, device: Device, env: protocol.Envelope) -> None:
+    when = datetime.fromtimestamp(env.ts, timezone.utc)
+    device.last_seen = max(_aware(device.last_seen), when) if device.last_seen else when
+    if env.kind == "heartbeat":
+        models = env.body.get("models")
+        if isinstance(models, dict):
+            device.models = models
+        device.last_heartbeat = env.body
+        device.state = str(env.body.get("state", "online"))[:20]
+    elif env.kind == "deployment":
+        _apply_deployment(session, device, env.body)
+
+
+def _apply_deployment(session: Session, device: Device, body: dict[str, Any]) -> None:
+    dep_id = body.get("deployment")
+    status = body.get("status")
+    if not isinstance(dep_id, str) or status not in protocol.DEPLOYMENT_STATUSES:
+        log.warning("bad deployment report from %s: %r", device.id, body)
+        return
+    row = session.get(DeploymentDevice, (dep_id, device.id))
+    if row is None or session.get(Deployment, dep_id) is None:
+        return
+    row.status = status
+    row.reason = str(body.get("reason", ""))[:40]
+    row.message = str(body.get("message", ""))[:2000]
+    row.updated_at = utcnow()
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

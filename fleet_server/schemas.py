@@ -1,0 +1,137 @@
+"""Request and response bodies of the REST API. Request bodies refuse unknown fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    # Mass assignment: unknown or server-owned fields in a body are refused (422).
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorOut(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelVersionOut(BaseModel):
+    name: str
+    version: int
+    sha256: str
+    size: int
+    opset: int
+    ort_min: str
+    inputs: list[TensorOut]
+    outputs: list[TensorOut]
+    parity: dict[str, Any]
+    framework: dict[str, Any]
+    lineage: dict[str, Any]
+    tags: list[str]
+    created_at: datetime
+    published_by: str
+    deprecated: bool
+
+
+class ModelSummaryOut(BaseModel):
+    name: str
+    latest_version: int
+    versions: int
+    updated_at: datetime
+
+
+class EnrollmentTokenIn(Strict):
+    group: str = Field("", max_length=63, pattern=r"^[a-z0-9_.-]*$")
+    expires_in_s: int = Field(24 * 3600, ge=60, le=30 * 24 * 3600)
+
+
+class EnrollmentTokenOut(BaseModel):
+    token: str
+    group: str
+    expires_at: datetime
+
+
+class EnrollIn(Strict):
+    token: str = Field(max_length=200)
+    csr: str = Field(max_length=8192, description="PEM certificate signing request")
+    name: str | None = Field(None, max_length=63)
+
+
+class EnrollOut(BaseModel):
+    device_id: str
+    certificate: str
+    ca_certificate: str
+    mqtt_url: str
+    tuf_root: str
+    api_url: str
+
+
+class DeviceOut(BaseModel):
+    id: str
+    group: str
+    state: str
+    models: dict[str, Any]
+    last_seen: datetime | None
+    created_at: datetime
+    cert_not_after: datetime | None
+    revoked: bool
+    last_heartbeat: dict[str, Any] | None = None
+
+
+class Target(Strict):
+    devices: list[str] | None = Field(None, min_length=1, max_length=10_000)
+    group: str | None = Field(None, max_length=63)
+
+
+class DeploymentIn(Strict):
+    model: str = Field(max_length=63)
+    version: int = Field(ge=1)
+    target: Target
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"model": "iris", "version": 1, "target": {"devices": ["dev-1"]}}]
+        },
+    )
+
+
+class DeviceStatusOut(BaseModel):
+    device: str
+    status: str
+    reason: str
+    message: str
+    updated_at: datetime
+
+
+class DeploymentOut(BaseModel):
+    id: str
+    model: str
+    version: int
+    target: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    devices: list[DeviceStatusOut]
+    counts: dict[str, int]
+
+
+class TelemetryRecordOut(BaseModel):
+    seq: int
+    kind: str
+    ts: datetime
+    body: dict[str, Any]
+
+
+class AlertOut(BaseModel):
+    id: int
+    kind: str
+    severity: str
+    device_id: str | None
+    message: str
+    detail: dict[str, Any]
+    created_at: datetime
+    resolved_at: datetime | None

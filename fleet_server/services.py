@@ -1,0 +1,127 @@
+"""Everything the API needs at run time, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from edge_agent import protocol
+from fleet_server.broker import EmbeddedBroker
+from fleet_server.db import Database
+from fleet_server.ingest import ingest, parse_uplinks
+from fleet_server.mqtt_service import ServerMqtt, UplinkQueue
+from fleet_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def tuf_dir(data_dir: Path) -> Path:
+    return data_dir / "tuf"
+
+
+def ca_dir(data_dir: Path) -> Path:
+    return data_dir / "ca"
+
+
+def root_key_path(data_dir: Path) -> Path:
+    return data_dir / "offline" / "root-key.pem"
+
+
+class FleetServices:
+    def __init__(self, settings: Settings) -> None:
+        from fleet_server.ca import FleetCA
+
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.ca = FleetCA.load(ca_dir(settings.data_dir))
+        self.publish_lock = threading.RLock()
+        self.uplinks = UplinkQueue()
+        self.broker: EmbeddedBroker | None = None
+        self.mqtt: ServerMqtt | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.mqtt_url = settings.mqtt_url
+        self.tuf = None  # set in start()
+
+    @property
+    def agent_mqtt_url(self) -> str:
+        return self.settings.agent_mqtt_url or self.mqtt_url
+
+    def start(self) -> None:
+        from fleet_server.tuf_repo import TufRepository
+
+        self.db.migrate()
+        if not self.settings.mqtt_url:
+            self.broker = EmbeddedBroker(
+                self.settings.embedded_mqtt_host, self.settings.embedded_mqtt_port
+            )
+            self.broker.start()
+            self.mqtt_url = self.broker.url
+        tls = None
+        if self.settings.mqtt_tls_ca:
+            tls = (self.settings.mqtt_tls_ca, self.settings.mqtt_tls_cert, self.settings.mqtt_tls_key)
+        self.mqtt = ServerMqtt(
+            self.mqtt_url,
+            self.settings.mqtt_client_id,
+            on_uplink=self.uplinks.put,
+            embedded=self.broker,
+            tls=tls,
+        )
+        self.mqtt.start()
+        self.tuf = TufRepository.load(tuf_dir(self.settings.data_dir), self.mqtt)
+        # Brokers may have lost retained messages (amqtt keeps them in memory only).
+        self.tuf.republish_all()
+        self._spawn(self._ingest_loop, "ingest")
+        self._spawn(self._refresh_loop, "tuf-refresh")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        self.db.engine.dispose()
+
+    def _spawn(self, target: object, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        t.start()
+        self._threads.append(t)
+
+    def notify(self, device_ids: list[str]) -> None:
+        """Tell devices to run an update cycle (an unsigned hint; the assignment is signed)."""
+        assert self.mqtt is not None and self.tuf is not None
+        hint = protocol.Notify(self.tuf.targets_version).to_bytes()
+        for device_id in device_ids:
+            self.mqtt.publish(protocol.device_topic(device_id, "notify"), hint, retain=True)
+
+    def _ingest_loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self.uplinks.get_batch(500, 0.2)
+            if not batch:
+                continue
+            try:
+                envs = parse_uplinks(batch)
+                with self.db.begin() as session:
+                    acks = ingest(session, envs)
+            except Exception:  # a bad batch must not stop ingestion; agents resend
+                log.exception("ingest failed for a batch of %d", len(batch))
+                continue
+            assert self.mqtt is not None
+            for device_id, seqs in acks.items():
+                self.mqtt.send_nowait(
+                    protocol.device_topic(device_id, "ack"), protocol.Ack(tuple(seqs)).to_bytes()
+                )
+
+    def _refresh_loop(self) -> None:
+        interval = max(5.0, self.settings.timestamp_refresh_s)
+        while not self._stop.wait(interval):
+            try:
+                with self.publish_lock:
+                    assert self.tuf is not None
+                    self.tuf.refresh_expiring(within=timedelta(hours=12))
+            except Exception:
+                log.exception("TUF metadata refresh failed")
