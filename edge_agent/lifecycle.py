@@ -66,7 +66,7 @@ class Reporter(Protocol):
 class Fetcher(Protocol):
     """Trust side of an update: returns verified bytes and files (see ``edge_agent.trust``)."""
 
-    def package(self, path: str) -> tuple[protocol.ModelPackage, bytes]: ...
+    def package(self, path: str) -> protocol.ModelPackage: ...
 
     def model_file(self, package: protocol.ModelPackage) -> Path: ...
 
@@ -90,7 +90,6 @@ class UpdateRunner:
         self.activator = activator
         self._crash_hook = crash_hook  # tests: kill the process in a given state
         self._package: protocol.ModelPackage | None = None
-        self._package_bytes = b""
         self._fetched: Path | None = None
         self._warm: object | None = None
 
@@ -140,7 +139,7 @@ class UpdateRunner:
     def _act(self, state: AgentState, step: UpdateStep, fetcher: Fetcher) -> str:
         s = step.state
         if s == "fetching":
-            self._package, self._package_bytes = fetcher.package(step.package)
+            self._package = fetcher.package(step.package)
             self._fetched = fetcher.model_file(self._package)
         elif s == "verifying":
             assert self._package is not None
@@ -149,11 +148,11 @@ class UpdateRunner:
                 raise UpdateError("untrusted_metadata", "package does not match the assignment")
         elif s == "staging":
             if self._package is None or self._fetched is None:
-                self._package, self._package_bytes = fetcher.package(step.package)
+                self._package = fetcher.package(step.package)
                 self._fetched = fetcher.model_file(self._package)
             if self.store.free_bytes() < self._fetched.stat().st_size * 2:
                 raise UpdateError("disk_full", "not enough free space to stage the model")
-            self.store.install(self._package, self._package_bytes, self._fetched)
+            self.store.install(self._package, self._package.to_bytes(), self._fetched)
         elif s == "warming":
             installed = self.store.installed(step.name, step.version)
             if installed is None:

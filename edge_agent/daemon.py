@@ -1,0 +1,361 @@
+"""The agent daemon: serves models locally, follows its signed assignment, reports upstream.
+
+Threads: the local API (serving never waits on the network), an update worker (TUF cycles,
+one at a time), a telemetry timer, and a sender that drains the durable outbox over MQTT and
+deletes records only when the server's application-level ack arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent import protocol
+from edge_agent.config import AgentConfig
+from edge_agent.enroll import identity_dir, metadata_dir, targets_dir
+from edge_agent.exceptions import ConfigError, EdgeAgentError, ProtocolError, UpdateError
+from edge_agent.fsutil import atomic_write
+from edge_agent.lifecycle import Activator, UpdateRunner
+from edge_agent.store import ModelStore, UpdateStep
+
+log = logging.getLogger(__name__)
+
+PRIORITY_REPORT = 10
+PRIORITY_ROUTINE = 0
+RESEND_AFTER_S = 15.0
+
+
+class _TrustFetcher:
+    """Adapts one TUF update cycle to the lifecycle's ``Fetcher`` interface."""
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    def package(self, path: str) -> protocol.ModelPackage:
+        result: protocol.ModelPackage = self._cycle.package(path)
+        return result
+
+    def model_file(self, package: protocol.ModelPackage) -> Path:
+        path: Path = self._cycle.model_file(package)
+        return path
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        from edge_agent.health import LatencyHistogram
+        from edge_agent.outbox import Outbox
+        from edge_agent.runtime import ModelRegistry
+
+        if not config.device_id or not config.mqtt_url:
+            raise ConfigError(f"{config.data_dir} is not enrolled: run `edge-agent enroll` first")
+        self.config = config
+        self.device_id = protocol.validate_device_id(config.device_id)
+        self.store = ModelStore(config.data_dir, config.keep_versions)
+        self.state = self.store.load_state()
+        self.registry = ModelRegistry()
+        self.outbox = Outbox(
+            config.data_dir / "outbox.db", self.device_id,
+            max_bytes=config.outbox_max_bytes, max_age_s=config.outbox_max_age_s,
+        )
+        self.latency = LatencyHistogram()
+        self.counts: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.summarizers: dict[str, Any] = {}
+        self._stats_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._triggers: queue.Queue[str] = queue.Queue()
+        self._inflight: dict[int, float] = {}
+        self._inflight_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.api: Any = None
+        self.link: Any = None
+        self.runner = UpdateRunner(
+            self.store, self, Activator(self._warm, self._switch, self._restore),
+            crash_hook=_crash_hook_from_env(),
+        )
+
+    # -- start / stop ---------------------------------------------------------------------
+    def start(self) -> None:
+        from edge_agent.http_api import start_api
+        from edge_agent.mqtt_link import MqttLink, TlsFiles
+
+        self._load_active()
+        self.api = start_api(
+            self.registry,
+            host=self.config.api_host,
+            port=self.config.api_port,
+            unix_socket=self.config.socket_path if self.config.unix_socket else None,
+            on_infer=self._on_infer,
+        )
+        atomic_write(self.config.data_dir / "api.port", str(self.api.port).encode())
+        tls = None
+        if self.config.mqtt_tls or self.config.mqtt_url.startswith("mqtts://"):
+            ident = identity_dir(self.config.data_dir)
+            tls = TlsFiles(ca=ident / "ca.pem", cert=ident / "cert.pem", key=ident / "key.pem")
+        self.link = MqttLink(self.config.mqtt_url, self.device_id, tls=tls)
+        self.link.subscribe(protocol.device_topic(self.device_id, "notify"), self._on_notify)
+        self.link.subscribe(protocol.device_topic(self.device_id, "ack"), self._on_ack)
+        self.link.start()
+        if self.state.step is not None:  # interrupted by a crash or power loss
+            self.runner.resume(self.state)
+        self._triggers.put("start")
+        for target, name in (
+            (self._update_loop, "updates"),
+            (self._telemetry_loop, "telemetry"),
+            (self._sender_loop, "sender"),
+        ):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        _sd_notify("READY=1")
+        log.info("agent %s serving on 127.0.0.1:%s", self.device_id, self.api.port)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._triggers.put("stop")
+        for t in self._threads:
+            t.join(timeout=5)
+        if self.link is not None:
+            self.link.stop()
+        if self.api is not None:
+            self.api.close()
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(5.0):
+                _sd_notify("WATCHDOG=1")
+        finally:
+            self.stop()
+
+    # -- serving --------------------------------------------------------------------------
+    def _load_active(self) -> None:
+        from edge_agent.runtime import load_model
+
+        for name, version in list(self.state.active.items()):
+            installed = self.store.installed(name, version)
+            if installed is None:
+                log.error("active model %s:%s is missing on disk", name, version)
+                continue
+            try:
+                self.registry.swap(load_model(installed[1], installed[0]))
+                self._summarizer_for(installed[0])
+            except EdgeAgentError as e:
+                log.error("cannot load active model %s:%s: %s", name, version, e)
+
+    def _warm(self, package: protocol.ModelPackage, path: Path) -> object:
+        from edge_agent.runtime import load_model
+        from edge_agent.selftest import run_health_gate
+
+        model = load_model(path, package)
+        run_health_gate(model, package)
+        return (model, package)
+
+    def _switch(self, warm: object) -> None:
+        model, package = warm  # type: ignore[misc]
+        self._summarizer_for(package)
+        self.registry.swap(model)
+
+    def _restore(self, name: str, version: int | None) -> None:
+        from edge_agent.runtime import load_model
+
+        if version is None:
+            self.registry.remove(name)
+            return
+        installed = self.store.installed(name, version)
+        if installed is not None:
+            self.registry.swap(load_model(installed[1], installed[0]))
+
+    def _summarizer_for(self, package: protocol.ModelPackage) -> None:
+        from edge_agent.summaries import WindowSummarizer
+
+        if package.profile:
+            try:
+                self.summarizers[package.name] = (package.version, WindowSummarizer(package.profile))
+            except Exception as e:  # a bad profile must not block serving
+                log.warning("no data summaries for %s: %s", package.name, e)
+
+    def _on_infer(self, name: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+                  seconds: float) -> None:
+        self.latency.record(seconds)
+        with self._stats_lock:
+            self.counts[name] = self.counts.get(name, 0) + 1
+            entry = self.summarizers.get(name)
+            if entry is not None:
+                entry[1].observe(inputs, outputs)
+
+    # -- updates --------------------------------------------------------------------------
+    def _on_notify(self, topic: str, payload: bytes) -> None:
+        if payload:
+            self._triggers.put("notify")
+
+    def _update_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._triggers.get(timeout=self.config.update_check_s)
+            except queue.Empty:
+                pass
+            if self._stop.is_set():
+                return
+            while not self._triggers.empty():  # coalesce bursts of hints
+                self._triggers.get_nowait()
+            try:
+                self.update_cycle()
+            except Exception:
+                log.exception("update cycle failed")
+
+    def update_cycle(self) -> None:
+        """One TUF refresh; apply the signed assignment if it changed."""
+        from edge_agent.mqtt_fetcher import MqttFetcher
+        from edge_agent.trust import TrustClient
+
+        if not self.link.connected.is_set():
+            return
+        trust = TrustClient(
+            metadata_dir(self.config.data_dir), targets_dir(self.config.data_dir),
+            lambda: MqttFetcher(self.link, self.device_id, timeout=self.config.fetch_timeout_s),
+        )
+        cycle = trust.cycle()
+        fetcher = _TrustFetcher(cycle)
+        if self.state.step is not None:
+            self.runner.run(self.state, fetcher)
+        try:
+            assignment = cycle.assignment(self.device_id)
+        except UpdateError as e:
+            log.warning("assignment refused: %s", e)
+            self._report_refusal(e)
+            return
+        if assignment is None or assignment.serial <= self.state.applied_serial:
+            return  # nothing assigned, or a replay of what is applied: a no-op
+        for model in assignment.models:
+            if self.state.active.get(model.name) == model.version:
+                continue
+            self.runner.begin(self.state, model)
+            self.runner.run(self.state, fetcher)
+        self.state.applied_serial = assignment.serial
+        self.store.save_state(self.state)
+        self._send_heartbeat()
+
+    def _report_refusal(self, e: UpdateError) -> None:
+        self.outbox.append(
+            "alert", {"reason": e.reason, "message": e.message[:500]}, PRIORITY_REPORT
+        )
+
+    # Reporter for the lifecycle
+    def deployment(self, step: UpdateStep, status: str) -> None:
+        self.outbox.append(
+            "deployment",
+            {"deployment": step.deployment, "model": step.name, "version": step.version,
+             "status": status, "reason": step.reason, "message": step.message[:500]},
+            PRIORITY_REPORT,
+        )
+        self._wake_sender()
+
+    # -- telemetry ------------------------------------------------------------------------
+    def _telemetry_loop(self) -> None:
+        last_summary = time.monotonic()
+        while not self._stop.wait(self.config.heartbeat_s):
+            self._send_heartbeat()
+            if time.monotonic() - last_summary >= self.config.summary_window_s:
+                last_summary = time.monotonic()
+                self._send_summaries()
+
+    def heartbeat_body(self) -> dict[str, Any]:
+        from edge_agent.health import collect_health
+
+        with self._stats_lock:
+            counts, self.counts = self.counts, {}
+        stats = self.outbox.stats()
+        return {
+            "state": "updating" if self.state.step else "online",
+            "models": dict(self.state.active),
+            "inference_counts": counts,
+            "latency": self.latency.snapshot_and_reset(),
+            "health": collect_health(self.config.data_dir),
+            "outbox": {"depth": stats.depth, "bytes": stats.bytes,
+                       "dropped": dict(stats.dropped_by_kind)},
+        }
+
+    def _send_heartbeat(self) -> None:
+        self.outbox.append("heartbeat", self.heartbeat_body(), PRIORITY_ROUTINE)
+        self._wake_sender()
+
+    def _send_summaries(self) -> None:
+        with self._stats_lock:
+            items = list(self.summarizers.items())
+            bodies = [(n, v, s.flush()) for n, (v, s) in items]
+        for name, version, body in bodies:
+            if body is not None:
+                self.outbox.append(
+                    "summary", {"model": name, "version": version, **body}, PRIORITY_ROUTINE
+                )
+
+    # -- sender ---------------------------------------------------------------------------
+    def _wake_sender(self) -> None:
+        pass  # the sender polls often; kept as a seam for an event later
+
+    def _on_ack(self, topic: str, payload: bytes) -> None:
+        try:
+            ack = protocol.Ack.from_bytes(payload)
+        except ProtocolError as e:
+            log.warning("bad ack: %s", e)
+            return
+        self.outbox.ack(list(ack.seqs))
+        with self._inflight_lock:
+            for s in ack.seqs:
+                self._inflight.pop(s, None)
+
+    def _sender_loop(self) -> None:
+        up = protocol.device_topic(self.device_id, "up")
+        while not self._stop.wait(0.2):
+            if self.link is None or not self.link.connected.is_set():
+                continue
+            now = time.monotonic()
+            for env in self.outbox.pending(200):
+                with self._inflight_lock:
+                    sent = self._inflight.get(env.seq)
+                    if sent is not None and now - sent < RESEND_AFTER_S:
+                        continue
+                    self._inflight[env.seq] = now
+                if not self.link.publish(up, env.to_bytes(), qos=1):
+                    with self._inflight_lock:
+                        self._inflight.pop(env.seq, None)
+                    break
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify, WatchdogSec=) we are ready / alive; no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    import socket
+
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.debug("sd_notify failed: %s", e)
+
+
+def _crash_hook_from_env() -> Any:
+    """Test seam: EDGE_AGENT_TEST_CRASH_IN=<state> kills the process when entering it."""
+    target = os.environ.get("EDGE_AGENT_TEST_CRASH_IN")
+    if not target:
+        return None
+
+    def hook(state: str) -> None:
+        if state == target:
+            os.kill(os.getpid(), 9)
+
+    return hook
+

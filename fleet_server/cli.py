@@ -1,0 +1,117 @@
+"""``fleet-server``: init, serve, demo, broker-config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from fleet_server.exceptions import FleetServerError
+
+app = typer.Typer(help="edgefleet fleet server", no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="server state: database, keys, CA")]
+
+
+def initialize(data_dir: Path, db_url: str = "", *, print_token: bool = True) -> str:
+    """Create the database, TUF repository and keys, and the fleet CA; return an admin token."""
+    from fleet_server.auth import create_token
+    from fleet_server.ca import FleetCA
+    from fleet_server.db import Database
+    from fleet_server.services import ca_dir, root_key_path, tuf_dir
+    from fleet_server.settings import Settings
+    from fleet_server.tuf_repo import TufRepository
+
+    if (tuf_dir(data_dir) / "metadata").exists():
+        raise FleetServerError(f"{data_dir} is already initialized")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings.load(data_dir, db_url=db_url or None)
+    db = Database(settings.database_url)
+    db.migrate()
+    FleetCA.create(ca_dir(data_dir))
+    TufRepository.create(tuf_dir(data_dir), offline_root_key_path=root_key_path(data_dir))
+    with db.begin() as session:
+        _, token = create_token(session, "admin", "admin")
+    db.engine.dispose()
+    if print_token:
+        console.print(f"[green]initialized[/] {data_dir}")
+        console.print(f"root key (keep it offline): {root_key_path(data_dir)}")
+        console.print("admin token (shown once, store it now):")
+        print(token)
+    return token
+
+
+@app.command()
+def init(
+    data_dir: DataDir,
+    db: Annotated[str, typer.Option("--db", help="database URL (default: SQLite in data dir)")] = "",
+) -> None:
+    """Create the database, TUF keys and repository, the fleet CA; print the admin token."""
+    try:
+        initialize(data_dir, db)
+    except FleetServerError as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
+
+
+@app.command()
+def serve(
+    data_dir: DataDir,
+    host: Annotated[Optional[str], typer.Option(help="bind address")] = None,  # noqa: UP045
+    port: Annotated[Optional[int], typer.Option(help="HTTP port")] = None,  # noqa: UP045
+    db: Annotated[Optional[str], typer.Option("--db", help="database URL")] = None,  # noqa: UP045
+    mqtt: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--mqtt", help="external broker mqtt://host:port (default: embedded)"),
+    ] = None,
+    mqtt_port: Annotated[
+        Optional[int], typer.Option(help="embedded broker port (0: any free port)")  # noqa: UP045
+    ] = None,
+) -> None:
+    """Serve the API (and the embedded MQTT broker unless --mqtt is given)."""
+    import uvicorn
+
+    from fleet_server.app import create_app
+    from fleet_server.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.load(
+        data_dir, host=host, port=port, db_url=db, mqtt_url=mqtt, embedded_mqtt_port=mqtt_port
+    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("demo-data"),
+    agents: Annotated[int, typer.Option(help="number of local agents")] = 3,
+    keep_running: Annotated[bool, typer.Option(help="keep serving after the tour")] = False,
+) -> None:
+    """The one-command tour: server, embedded broker, agents, a model, inference, telemetry."""
+    from fleet_server.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir, agents=agents, keep_running=keep_running))
+
+
+@app.command("broker-config")
+def broker_config(
+    data_dir: DataDir,
+    out: Annotated[Path, typer.Option("--out", help="directory for mosquitto.conf and friends")],
+    port: Annotated[int, typer.Option(help="TLS listener port")] = 8883,
+) -> None:
+    """Write a production Mosquitto 2 configuration (mTLS, ACL patterns, CRL)."""
+    from fleet_server.broker_config import write_mosquitto_config
+    from fleet_server.ca import FleetCA
+    from fleet_server.services import ca_dir
+
+    paths = write_mosquitto_config(out, ca=FleetCA.load(ca_dir(data_dir)), port=port)
+    console.print(f"wrote {paths}")
+
+
+def main() -> None:
+    app()
