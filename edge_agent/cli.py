@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "enroll":
             from edge_agent.enroll import enroll
 
-            cfg = enroll(args.server, args.token, args.data_dir, name=args.name,
-                         api_port=args.api_port)
+            cfg = enroll(
+                args.server, args.token, args.data_dir, name=args.name, api_port=args.api_port
+            )
             print(f"enrolled as {cfg.device_id}; broker {cfg.mqtt_url}")
             print(f"start the agent: edge-agent run --data-dir {args.data_dir}")
             return 0

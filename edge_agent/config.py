@@ -1,4 +1,4 @@
-"""Agent configuration: ``agent.toml`` in the data dir (or ``--config``), then ``EDGE_AGENT_<KEY>``."""
+"""Agent configuration: ``agent.toml`` (or ``--config``), then ``EDGE_AGENT_<KEY>``."""
 
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ class AgentConfig:
                 else:
                     typed[name] = type(default)(value)
             except (TypeError, ValueError) as e:
-                raise ConfigError(f"setting {name}: {value!r} is not a {type(default).__name__}") from e
+                raise ConfigError(
+                    f"setting {name}: {value!r} is not a {type(default).__name__}"
+                ) from e
         return replace(base, **typed)
 
     def to_toml(self) -> str:

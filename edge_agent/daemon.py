@@ -7,6 +7,7 @@ deletes records only when the server's application-level ack arrives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -61,8 +62,10 @@ class Agent:
         self.state = self.store.load_state()
         self.registry = ModelRegistry()
         self.outbox = Outbox(
-            config.data_dir / "outbox.db", self.device_id,
-            max_bytes=config.outbox_max_bytes, max_age_s=config.outbox_max_age_s,
+            config.data_dir / "outbox.db",
+            self.device_id,
+            max_bytes=config.outbox_max_bytes,
+            max_age_s=config.outbox_max_age_s,
         )
         self.latency = LatencyHistogram()
         self.counts: dict[str, int] = {}
@@ -77,7 +80,9 @@ class Agent:
         self.api: Any = None
         self.link: Any = None
         self.runner = UpdateRunner(
-            self.store, self, Activator(self._warm, self._switch, self._restore),
+            self.store,
+            self,
+            Activator(self._warm, self._switch, self._restore),
             crash_hook=_crash_hook_from_env(),
         )
 
@@ -178,12 +183,20 @@ class Agent:
 
         if package.profile:
             try:
-                self.summarizers[package.name] = (package.version, WindowSummarizer(package.profile))
+                self.summarizers[package.name] = (
+                    package.version,
+                    WindowSummarizer(package.profile),
+                )
             except Exception as e:  # a bad profile must not block serving
                 log.warning("no data summaries for %s: %s", package.name, e)
 
-    def _on_infer(self, name: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-                  seconds: float) -> None:
+    def _on_infer(
+        self,
+        name: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        seconds: float,
+    ) -> None:
         self.latency.record(seconds)
         with self._stats_lock:
             self.counts[name] = self.counts.get(name, 0) + 1
@@ -198,10 +211,8 @@ class Agent:
 
     def _update_loop(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(queue.Empty):
                 self._triggers.get(timeout=self.config.update_check_s)
-            except queue.Empty:
-                pass
             if self._stop.is_set():
                 return
             while not self._triggers.empty():  # coalesce bursts of hints
@@ -219,7 +230,8 @@ class Agent:
         if not self.link.connected.is_set():
             return
         trust = TrustClient(
-            metadata_dir(self.config.data_dir), targets_dir(self.config.data_dir),
+            metadata_dir(self.config.data_dir),
+            targets_dir(self.config.data_dir),
             lambda: MqttFetcher(self.link, self.device_id, timeout=self.config.fetch_timeout_s),
         )
         cycle = trust.cycle()
@@ -252,8 +264,14 @@ class Agent:
     def deployment(self, step: UpdateStep, status: str) -> None:
         self.outbox.append(
             "deployment",
-            {"deployment": step.deployment, "model": step.name, "version": step.version,
-             "status": status, "reason": step.reason, "message": step.message[:500]},
+            {
+                "deployment": step.deployment,
+                "model": step.name,
+                "version": step.version,
+                "status": status,
+                "reason": step.reason,
+                "message": step.message[:500],
+            },
             PRIORITY_REPORT,
         )
         self._wake_sender()
@@ -279,8 +297,11 @@ class Agent:
             "inference_counts": counts,
             "latency": self.latency.snapshot_and_reset(),
             "health": collect_health(self.config.data_dir),
-            "outbox": {"depth": stats.depth, "bytes": stats.bytes,
-                       "dropped": dict(stats.dropped_by_kind)},
+            "outbox": {
+                "depth": stats.depth,
+                "bytes": stats.bytes,
+                "dropped": dict(stats.dropped_by_kind),
+            },
         }
 
     def _send_heartbeat(self) -> None:
@@ -358,4 +379,3 @@ def _crash_hook_from_env() -> Any:
             os.kill(os.getpid(), 9)
 
     return hook
-

@@ -26,8 +26,13 @@ def targets_dir(data_dir: Path) -> Path:
 
 
 def enroll(
-    server_url: str, token: str, data_dir: Path, *, name: str | None = None,
-    api_port: int | None = None, timeout: float = 30.0,
+    server_url: str,
+    token: str,
+    data_dir: Path,
+    *,
+    name: str | None = None,
+    api_port: int | None = None,
+    timeout: float = 30.0,
 ) -> AgentConfig:
     from edge_agent.identity import DeviceIdentity
     from edge_agent.trust import TrustClient
@@ -40,7 +45,9 @@ def enroll(
         {"token": token, "csr": identity.csr_pem(name or "edge-device").decode(), "name": name}
     ).encode()
     req = urllib.request.Request(
-        server_url.rstrip("/") + "/api/v1/enroll", data=body, method="POST",
+        server_url.rstrip("/") + "/api/v1/enroll",
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json"},
     )
     try:

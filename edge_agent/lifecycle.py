@@ -82,7 +82,10 @@ class Activator:
 
 class UpdateRunner:
     def __init__(
-        self, store: ModelStore, reporter: Reporter, activator: Activator,
+        self,
+        store: ModelStore,
+        reporter: Reporter,
+        activator: Activator,
         crash_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
@@ -95,8 +98,12 @@ class UpdateRunner:
 
     def begin(self, state: AgentState, model: protocol.AssignedModel) -> None:
         state.step = UpdateStep(
-            deployment=model.deployment, name=model.name, version=model.version,
-            package=model.package, state="fetching", previous=state.active.get(model.name),
+            deployment=model.deployment,
+            name=model.name,
+            version=model.version,
+            package=model.package,
+            state="fetching",
+            previous=state.active.get(model.name),
         )
         self.store.save_state(state)
         self.reporter.deployment(state.step, "downloading")

@@ -90,7 +90,9 @@ class ModelStore:
         with self._lock:
             atomic_write(self.state_path, state.to_json())
 
-    def install(self, package: protocol.ModelPackage, package_bytes: bytes, model_file: Path) -> Path:
+    def install(
+        self, package: protocol.ModelPackage, package_bytes: bytes, model_file: Path
+    ) -> Path:
         """Copy a verified model and its package into place; return the model path."""
         d = self.version_dir(package.name, package.version)
         atomic_copy(model_file, d / "model.onnx")

@@ -87,4 +87,6 @@ def _aware(dt: datetime) -> datetime:
 def audit(
     session: Session, actor: str, action: str, target: str, remote: str = "", **detail: Any
 ) -> None:
-    session.add(AuditRecord(actor=actor, action=action, target=target, remote=remote, detail=detail))
+    session.add(
+        AuditRecord(actor=actor, action=action, target=target, remote=remote, detail=detail)
+    )

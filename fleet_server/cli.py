@@ -49,7 +49,9 @@ def initialize(data_dir: Path, db_url: str = "", *, print_token: bool = True) ->
 @app.command()
 def init(
     data_dir: DataDir,
-    db: Annotated[str, typer.Option("--db", help="database URL (default: SQLite in data dir)")] = "",
+    db: Annotated[
+        str, typer.Option("--db", help="database URL (default: SQLite in data dir)")
+    ] = "",
 ) -> None:
     """Create the database, TUF keys and repository, the fleet CA; print the admin token."""
     try:
@@ -79,7 +81,9 @@ def serve(
     from fleet_server.app import create_app
     from fleet_server.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings.load(
         data_dir, host=host, port=port, db_url=db, mqtt_url=mqtt, embedded_mqtt_port=mqtt_port
     )

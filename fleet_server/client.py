@@ -47,8 +47,14 @@ class FleetClient:
 
     # models
     def publish(
-        self, name: str, model: Path | bytes, *, sample: Path | bytes | None = None,
-        tolerance: float = 1e-4, force: bool = False, filename: str | None = None,
+        self,
+        name: str,
+        model: Path | bytes,
+        *,
+        sample: Path | bytes | None = None,
+        tolerance: float = 1e-4,
+        force: bool = False,
+        filename: str | None = None,
     ) -> dict[str, Any]:
         data = model.read_bytes() if isinstance(model, Path) else model
         fname = filename or (model.name if isinstance(model, Path) else "model")
@@ -57,7 +63,9 @@ class FleetClient:
             sdata = sample.read_bytes() if isinstance(sample, Path) else sample
             files["sample"] = ("sample.csv", sdata, "text/csv")
         result: dict[str, Any] = self._call(
-            "POST", f"/api/v1/models/{name}/versions", files=files,
+            "POST",
+            f"/api/v1/models/{name}/versions",
+            files=files,
             data={"tolerance": str(tolerance), "force": str(force).lower()},
         )
         return result
@@ -72,8 +80,9 @@ class FleetClient:
 
     # devices and enrollment
     def enrollment_token(self, group: str = "", expires_in_s: int = 3600) -> str:
-        body = self._call("POST", "/api/v1/enrollment-tokens",
-                          json={"group": group, "expires_in_s": expires_in_s})
+        body = self._call(
+            "POST", "/api/v1/enrollment-tokens", json={"group": group, "expires_in_s": expires_in_s}
+        )
         return str(body["token"])
 
     def devices(self) -> list[dict[str, Any]]:
@@ -97,12 +106,18 @@ class FleetClient:
 
     # deployments
     def deploy(
-        self, model: str, version: int, *, devices: list[str] | None = None,
+        self,
+        model: str,
+        version: int,
+        *,
+        devices: list[str] | None = None,
         group: str | None = None,
     ) -> dict[str, Any]:
         target: dict[str, Any] = {"devices": devices} if devices else {"group": group}
         result: dict[str, Any] = self._call(
-            "POST", "/api/v1/deployments", json={"model": model, "version": version, "target": target}
+            "POST",
+            "/api/v1/deployments",
+            json={"model": model, "version": version, "target": target},
         )
         return result
 

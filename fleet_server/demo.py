@@ -34,8 +34,14 @@ def train_demo_model(workdir: Path) -> tuple[Path, Path, list[list[float]], obje
     model_path = workdir / "breast_cancer.skops"
     sio.dump(model, model_path)
     buf = io.StringIO()
-    np.savetxt(buf, x_train[:200], delimiter=",", fmt="%.6g",
-               header=",".join(f"f{i}" for i in range(x.shape[1])), comments="")
+    np.savetxt(
+        buf,
+        x_train[:200],
+        delimiter=",",
+        fmt="%.6g",
+        header=",".join(f"f{i}" for i in range(x.shape[1])),
+        comments="",
+    )
     sample_path = workdir / "sample.csv"
     sample_path.write_text(buf.getvalue())
     return model_path, sample_path, x_test[:5].tolist(), model
@@ -50,19 +56,20 @@ def run_demo(data_dir: Path, *, agents: int = 3, keep_running: bool = False) -> 
     data_dir.mkdir(parents=True)
     console.rule("[bold]edgefleet demo")
     token = initialize(data_dir / "server", print_token=False)
-    settings = Settings.load(
-        data_dir / "server", port=free_port(), embedded_mqtt_port=free_port()
-    )
+    settings = Settings.load(data_dir / "server", port=free_port(), embedded_mqtt_port=free_port())
     server = ServerThread(settings)
     server.start()
-    console.print(f"fleet server on {server.url} with the embedded MQTT broker "
-                  f"(mqtt://127.0.0.1:{settings.embedded_mqtt_port}) and SQLite")
+    console.print(
+        f"fleet server on {server.url} with the embedded MQTT broker "
+        f"(mqtt://127.0.0.1:{settings.embedded_mqtt_port}) and SQLite"
+    )
     fleet: list[AgentProcess] = []
     try:
         with FleetClient(server.url, token) as client:
             for i in range(agents):
-                agent = AgentProcess(data_dir / f"agent-{i + 1}",
-                                     env={"EDGE_AGENT_HEARTBEAT_S": "2"})
+                agent = AgentProcess(
+                    data_dir / f"agent-{i + 1}", env={"EDGE_AGENT_HEARTBEAT_S": "2"}
+                )
                 agent.enroll(server.url, client.enrollment_token(group="demo"), f"demo-{i + 1}")
                 agent.start()
                 fleet.append(agent)
@@ -80,12 +87,14 @@ def run_demo(data_dir: Path, *, agents: int = 3, keep_running: bool = False) -> 
 
             answer = fleet[0].infer("breast-cancer", rows)
             expected = model.predict(rows)  # type: ignore[attr-defined]
-            table = Table(title=f"inference on demo-1 (model version {answer.get('model_version')})")
+            table = Table(
+                title=f"inference on demo-1 (model version {answer.get('model_version')})"
+            )
             table.add_column("row")
             table.add_column("device label")
             table.add_column("scikit-learn label")
             labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
-            for i, (got, want) in enumerate(zip(labels, expected)):
+            for i, (got, want) in enumerate(zip(labels, expected, strict=False)):
                 table.add_row(str(i), str(got), str(want))
             console.print(table)
 

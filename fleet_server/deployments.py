@@ -67,8 +67,12 @@ def create_deployment(
                 session.add(row)
             entries: list[dict[str, Any]] = [m for m in row.models if m["name"] != model]
             entries.append(
-                {"name": model, "version": version, "package": mv.package_target,
-                 "deployment": dep.id}
+                {
+                    "name": model,
+                    "version": version,
+                    "package": mv.package_target,
+                    "deployment": dep.id,
+                }
             )
             row.models = sorted(entries, key=lambda m: str(m["name"]))
             row.serial += 1

@@ -27,7 +27,9 @@ def create_enrollment_token(
 ) -> tuple[EnrollmentToken, str]:
     token = new_secret(ENROLL_PREFIX)
     row = EnrollmentToken(
-        token_hash=hash_token(token), group=group, created_by=created_by,
+        token_hash=hash_token(token),
+        group=group,
+        created_by=created_by,
         expires_at=utcnow() + ttl,
     )
     session.add(row)
@@ -41,7 +43,8 @@ def enroll_device(
     from fleet_server.ca import CertificateError, cert_info
 
     row = session.scalar(
-        select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(token))
+        select(EnrollmentToken)
+        .where(EnrollmentToken.token_hash == hash_token(token))
         .with_for_update()
     )
     # One message for every refusal: an attacker learns nothing about which tokens exist.
@@ -62,8 +65,9 @@ def enroll_device(
     # Single use: the token is spent in the same transaction that creates the device.
     row.used_at = utcnow()
     row.device_id = device_id
-    session.add(Device(id=device_id, group=row.group, cert_serial=str(serial),
-                       cert_not_after=not_after))
+    session.add(
+        Device(id=device_id, group=row.group, cert_serial=str(serial), cert_not_after=not_after)
+    )
     session.flush()
     assert services.tuf is not None
     return EnrollOut(

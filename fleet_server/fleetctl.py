@@ -58,8 +58,10 @@ def _main(
 
 def _client() -> FleetClient:
     if not state.server or not state.token:
-        err.print("[red]no server or token:[/] use --server/--token, FLEET_SERVER/FLEET_TOKEN "
-                  "or `fleetctl login`")
+        err.print(
+            "[red]no server or token:[/] use --server/--token, FLEET_SERVER/FLEET_TOKEN "
+            "or `fleetctl login`"
+        )
         raise typer.Exit(2)
     return FleetClient(state.server, state.token)
 
@@ -124,15 +126,18 @@ def models_convert(
     sample: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False)] = None,  # noqa: UP045
 ) -> None:
     """Convert a pickle/joblib model locally (your own file, on your own machine) to ONNX."""
-    import converters
     from converters.loading import convert_pickle_locally
+
+    import converters
 
     estimator = convert_pickle_locally(file)
     sample_bytes = sample.read_bytes() if sample else None
     result = converters.convert_estimator(estimator, sample_bytes)
     out.write_bytes(result.onnx_bytes)
-    console.print(f"wrote {out} ({len(result.onnx_bytes)} bytes); publish it with "
-                  f"`fleetctl models publish {out} --name NAME`")
+    console.print(
+        f"wrote {out} ({len(result.onnx_bytes)} bytes); publish it with "
+        f"`fleetctl models publish {out} --name NAME`"
+    )
 
 
 @models_app.command("list")
@@ -144,8 +149,11 @@ def models_list() -> None:
 @models_app.command("show")
 def models_show(name: str, version: int) -> None:
     with _client() as c:
-        _emit(_run(c.model_version, name, version),
-              ["name", "version", "sha256", "size", "opset", "ort_min", "parity"], "model version")
+        _emit(
+            _run(c.model_version, name, version),
+            ["name", "version", "sha256", "size", "opset", "ort_min", "parity"],
+            "model version",
+        )
 
 
 @app.command()
@@ -182,8 +190,11 @@ def deployments_show(deployment_id: str) -> None:
     if state.as_json:
         _emit(dep, [], "")
         return
-    _emit(dep["devices"], ["device", "status", "reason", "message", "updated_at"],
-          f"deployment {dep['id']} of {dep['model']}:{dep['version']}")
+    _emit(
+        dep["devices"],
+        ["device", "status", "reason", "message", "updated_at"],
+        f"deployment {dep['id']} of {dep['model']}:{dep['version']}",
+    )
 
 
 def main() -> None:

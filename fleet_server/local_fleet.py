@@ -35,7 +35,10 @@ class ServerThread:
         self.settings = settings
         self.app = create_app(settings)
         config = uvicorn.Config(
-            self.app, host=settings.host, port=settings.port, log_level="warning",
+            self.app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
             lifespan="on",
         )
         self._server = uvicorn.Server(config)
@@ -75,16 +78,32 @@ class AgentProcess:
 
     def enroll(self, server: str, token: str, name: str) -> None:
         subprocess.run(
-            self._cmd("enroll", "--server", server, "--token", token, "--data-dir",
-                      str(self.data_dir), "--name", name, "--api-port", "0"),
-            check=True, env=self.env, capture_output=True, timeout=60,
+            self._cmd(
+                "enroll",
+                "--server",
+                server,
+                "--token",
+                token,
+                "--data-dir",
+                str(self.data_dir),
+                "--name",
+                name,
+                "--api-port",
+                "0",
+            ),
+            check=True,
+            env=self.env,
+            capture_output=True,
+            timeout=60,
         )
 
     def start(self) -> None:
         (self.data_dir / "api.port").unlink(missing_ok=True)
         self.process = subprocess.Popen(
             self._cmd("run", "--data-dir", str(self.data_dir)),
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
 
     @property
@@ -100,13 +119,23 @@ class AgentProcess:
         return int(path.read_text())
 
     def infer(self, model: str, rows: list[list[float]]) -> dict[str, Any]:
-        body = json.dumps({"inputs": [{
-            "name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
-            "data": [v for r in rows for v in r],
-        }]}).encode()
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [len(rows), len(rows[0])],
+                        "datatype": "FP32",
+                        "data": [v for r in rows for v in r],
+                    }
+                ]
+            }
+        ).encode()
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.api_port}/v2/models/{model}/infer", data=body,
-            headers={"Content-Type": "application/json"}, method="POST",
+            f"http://127.0.0.1:{self.api_port}/v2/models/{model}/infer",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             result: dict[str, Any] = json.loads(resp.read())

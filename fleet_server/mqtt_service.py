@@ -58,7 +58,9 @@ class ServerMqtt:
         if parsed.scheme == "mqtts":
             ca, cert, key = tls or ("", "", "")
             self._client.tls_set(
-                ca_certs=ca or None, certfile=cert or None, keyfile=key or None,
+                ca_certs=ca or None,
+                certfile=cert or None,
+                keyfile=key or None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         if parsed.username:
@@ -85,16 +87,28 @@ class ServerMqtt:
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason: mqtt.ReasonCode, props: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: mqtt.ReasonCode,
+        props: object,
+    ) -> None:
         if reason.is_failure:
             log.error("broker refused the server: %s", reason)
             return
         client.subscribe(UP_FILTER, qos=1)
         self.connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason: mqtt.ReasonCode, props: object) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: mqtt.ReasonCode,
+        props: object,
+    ) -> None:
         self.connected.clear()
         log.warning("disconnected from the broker: %s", reason)
 

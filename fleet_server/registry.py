@@ -29,8 +29,9 @@ def publish_model(
     tolerance: float,
     force: bool,
 ) -> ModelVersion:
-    import converters
     from converters.exceptions import ConverterError
+
+    import converters
 
     try:
         protocol.validate_model_name(name)

@@ -61,7 +61,11 @@ class FleetServices:
             self.mqtt_url = self.broker.url
         tls = None
         if self.settings.mqtt_tls_ca:
-            tls = (self.settings.mqtt_tls_ca, self.settings.mqtt_tls_cert, self.settings.mqtt_tls_key)
+            tls = (
+                self.settings.mqtt_tls_ca,
+                self.settings.mqtt_tls_cert,
+                self.settings.mqtt_tls_key,
+            )
         self.mqtt = ServerMqtt(
             self.mqtt_url,
             self.settings.mqtt_client_id,

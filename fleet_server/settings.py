@@ -55,7 +55,7 @@ class Settings:
 
     @classmethod
     def load(cls, data_dir: Path, **overrides: Any) -> Settings:
-        """Defaults, then ``server.toml`` in the data dir, then the environment, then ``overrides``."""
+        """Defaults, then ``server.toml`` in the data dir, then the environment, then overrides."""
         values: dict[str, Any] = {}
         cfg = data_dir / "server.toml"
         if cfg.exists():
@@ -79,5 +79,7 @@ class Settings:
             try:
                 typed[name] = type(default)(value)
             except (TypeError, ValueError) as e:
-                raise ConfigurationError(f"setting {name}: {value!r} is not a {type(default).__name__}") from e
+                raise ConfigurationError(
+                    f"setting {name}: {value!r} is not a {type(default).__name__}"
+                ) from e
         return replace(settings, **typed)

@@ -14,7 +14,9 @@ router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 
 @router.get("", response_model=list[AlertOut])
 def list_alerts(
-    session: SessionDep, actor: Reader, open_only: bool = False,
+    session: SessionDep,
+    actor: Reader,
+    open_only: bool = False,
     limit: int = Query(200, ge=1, le=1000),
 ) -> list[Alert]:
     stmt = select(Alert).order_by(Alert.id.desc()).limit(limit)

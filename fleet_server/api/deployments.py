@@ -27,8 +27,13 @@ def _out(session: SessionDep, dep: Deployment) -> DeploymentOut:
         created_by=dep.created_by,
         created_at=dep.created_at,
         devices=[
-            DeviceStatusOut(device=r.device_id, status=r.status, reason=r.reason,
-                            message=r.message, updated_at=r.updated_at)
+            DeviceStatusOut(
+                device=r.device_id,
+                status=r.status,
+                reason=r.reason,
+                message=r.message,
+                updated_at=r.updated_at,
+            )
             for r in rows
         ],
         counts=dict(Counter(r.status for r in rows)),
@@ -37,7 +42,10 @@ def _out(session: SessionDep, dep: Deployment) -> DeploymentOut:
 
 @router.post("", status_code=201, response_model=DeploymentOut)
 async def deploy(
-    body: DeploymentIn, request: Request, services: ServicesDep, session: SessionDep,
+    body: DeploymentIn,
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
     actor: Deployer,
 ) -> DeploymentOut:
     """Sign new assignments for the target devices and tell them to update."""
@@ -51,8 +59,16 @@ async def deploy(
         devices=body.target.devices,
         group=body.target.group,
     )
-    audit(session, actor.name, "deployment.create", dep.id, remote(request),
-          model=body.model, version=body.version, target=body.target.model_dump())
+    audit(
+        session,
+        actor.name,
+        "deployment.create",
+        dep.id,
+        remote(request),
+        model=body.model,
+        version=body.version,
+        target=body.target.model_dump(),
+    )
     session.commit()
     return _out(session, dep)
 

@@ -23,8 +23,14 @@ def new_enrollment_token(
     row, token = create_enrollment_token(
         session, created_by=actor.name, group=body.group, ttl=timedelta(seconds=body.expires_in_s)
     )
-    audit(session, actor.name, "enrollment_token.create", f"token:{row.id}", remote(request),
-          group=body.group)
+    audit(
+        session,
+        actor.name,
+        "enrollment_token.create",
+        f"token:{row.id}",
+        remote(request),
+        group=body.group,
+    )
     session.commit()
     return EnrollmentTokenOut(token=token, group=row.group, expires_at=row.expires_at)
 
@@ -35,7 +41,11 @@ async def enroll(
 ) -> EnrollOut:
     """Called by the agent: a one-time token and a CSR buy a certificate and the trust root."""
     out = await run_in_threadpool(
-        enroll_device, services, session, token=body.token, csr_pem=body.csr.encode(),
+        enroll_device,
+        services,
+        session,
+        token=body.token,
+        csr_pem=body.csr.encode(),
         name=body.name,
     )
     audit(session, f"device:{out.device_id}", "device.enroll", out.device_id, remote(request))

@@ -30,7 +30,9 @@ async def publish(
     services: ServicesDep,
     session: SessionDep,
     actor: Publisher,
-    file: Annotated[UploadFile, File(description="ONNX file or scikit-learn model in skops format")],
+    file: Annotated[
+        UploadFile, File(description="ONNX file or scikit-learn model in skops format")
+    ],
     sample: Annotated[UploadFile | None, File(description="CSV with a header row")] = None,
     tolerance: Annotated[float, Form(ge=0, le=1)] = 1e-4,
     force: Annotated[bool, Form()] = False,
@@ -56,8 +58,14 @@ async def publish(
         tolerance=tolerance,
         force=force,
     )
-    audit(session, actor.name, "model.publish", f"{name}:{row.version}", remote(request),
-          sha256=row.sha256)
+    audit(
+        session,
+        actor.name,
+        "model.publish",
+        f"{name}:{row.version}",
+        remote(request),
+        sha256=row.sha256,
+    )
     session.commit()
     return row
 
@@ -70,11 +78,11 @@ def list_models(session: SessionDep, actor: Reader) -> list[dict[str, object]]:
             func.max(ModelVersion.version),
             func.count(),
             func.max(ModelVersion.created_at),
-        ).group_by(ModelVersion.name).order_by(ModelVersion.name)
+        )
+        .group_by(ModelVersion.name)
+        .order_by(ModelVersion.name)
     ).all()
-    return [
-        {"name": n, "latest_version": v, "versions": c, "updated_at": t} for n, v, c, t in rows
-    ]
+    return [{"name": n, "latest_version": v, "versions": c, "updated_at": t} for n, v, c, t in rows]
 
 
 @router.get("/{name}/versions", response_model=list[ModelVersionOut])

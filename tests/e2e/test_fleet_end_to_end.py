@@ -28,8 +28,10 @@ def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):  # typ
 def _publish_deploy_infer(tmp_path: Path, mqtt_url: str = "", db_url: str = "") -> None:
     with running_server(tmp_path / "server", mqtt_url=mqtt_url, db_url=db_url) as fleet:
         client: FleetClient = fleet.client
-        agents = [AgentProcess(tmp_path / f"agent-{i}", env={"EDGE_AGENT_HEARTBEAT_S": "1"})
-                  for i in (1, 2)]
+        agents = [
+            AgentProcess(tmp_path / f"agent-{i}", env={"EDGE_AGENT_HEARTBEAT_S": "1"})
+            for i in (1, 2)
+        ]
         try:
             for i, agent in enumerate(agents, 1):
                 agent.enroll(fleet.url, client.enrollment_token(group="lab"), f"dev-{i}")
@@ -40,7 +42,8 @@ def _publish_deploy_infer(tmp_path: Path, mqtt_url: str = "", db_url: str = "") 
             dep = client.deploy("cancer", 1, devices=["dev-1", "dev-2"])
             dep = client.wait_deployment(dep["id"], timeout=90)
             assert {d["device"]: d["status"] for d in dep["devices"]} == {
-                "dev-1": "active", "dev-2": "active"
+                "dev-1": "active",
+                "dev-2": "active",
             }, dep
 
             want_labels = model.predict(rows)
@@ -56,7 +59,8 @@ def _publish_deploy_infer(tmp_path: Path, mqtt_url: str = "", db_url: str = "") 
             for device_id in ("dev-1", "dev-2"):
                 dev = _wait_for(
                     lambda d=device_id: (lambda x: x if x["models"] == {"cancer": 1} else None)(
-                        client.device(d)),
+                        client.device(d)
+                    ),
                     what=f"{device_id} heartbeat with the model version",
                 )
                 assert dev["last_seen"] is not None
@@ -75,5 +79,7 @@ def test_pipeline_reaches_two_agents_through_mosquitto(tmp_path: Path, mosquitto
 
 
 @pytest.mark.postgres
-def test_pipeline_reaches_two_agents_with_postgresql(tmp_path: Path, mosquitto, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_reaches_two_agents_with_postgresql(
+    tmp_path: Path, mosquitto, postgres_url: str
+) -> None:  # type: ignore[no-untyped-def]
     _publish_deploy_infer(tmp_path, mqtt_url=mosquitto.url, db_url=postgres_url)

@@ -57,15 +57,22 @@ def test_onnx_with_external_data_is_refused(fleet: RunningServer, tmp_path: Path
 
     weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
         [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "m.onnx"
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="../../etc/passwd", size_threshold=0)
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="../../etc/passwd",
+        size_threshold=0,
+    )
     r = _publish(fleet, path.read_bytes(), "m.onnx")
     assert 400 <= r.status_code < 500
     assert "external" in r.json()["detail"].lower()
@@ -86,7 +93,10 @@ def test_viewer_cannot_deploy(fleet: RunningServer) -> None:
         _, viewer = create_token(s, "viewer", "viewer")
     db.engine.dispose()
     headers = {"Authorization": f"Bearer {viewer}"}
-    r = httpx.post(f"{fleet.url}/api/v1/deployments", headers=headers,
-                   json={"model": "x", "version": 1, "target": {"devices": ["d"]}})
+    r = httpx.post(
+        f"{fleet.url}/api/v1/deployments",
+        headers=headers,
+        json={"model": "x", "version": 1, "target": {"devices": ["d"]}},
+    )
     assert r.status_code == 403
     assert httpx.get(f"{fleet.url}/api/v1/models", headers=headers).status_code == 200

@@ -30,10 +30,15 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(data_dir: Path, *, mqtt_url: str = "", db_url: str = "") -> Iterator[RunningServer]:
+def running_server(
+    data_dir: Path, *, mqtt_url: str = "", db_url: str = ""
+) -> Iterator[RunningServer]:
     token = initialize(data_dir, db_url, print_token=False)
     settings = Settings.load(
-        data_dir, port=free_port(), embedded_mqtt_port=free_port(), mqtt_url=mqtt_url,
+        data_dir,
+        port=free_port(),
+        embedded_mqtt_port=free_port(),
+        mqtt_url=mqtt_url,
         db_url=db_url,
     )
     server = ServerThread(settings)
@@ -60,8 +65,14 @@ def breast_cancer_pipeline(tmp: Path) -> tuple[Path, Path, np.ndarray, Any]:
     path = tmp / "model.skops"
     sio.dump(model, path)
     buf = io.StringIO()
-    np.savetxt(buf, x[:300], delimiter=",", fmt="%.8g",
-               header=",".join(f"f{i}" for i in range(x.shape[1])), comments="")
+    np.savetxt(
+        buf,
+        x[:300],
+        delimiter=",",
+        fmt="%.8g",
+        header=",".join(f"f{i}" for i in range(x.shape[1])),
+        comments="",
+    )
     sample = tmp / "sample.csv"
     sample.write_text(buf.getvalue())
     return path, sample, x[400:420], model
