@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -164,7 +164,7 @@ class Agent:
         return (model, package)
 
     def _switch(self, warm: object) -> None:
-        model, package = warm  # type: ignore[misc]
+        model, package = cast(tuple[Any, protocol.ModelPackage], warm)
         self._summarizer_for(package)
         self.registry.swap(model)
 

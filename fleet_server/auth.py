@@ -85,8 +85,8 @@ def _aware(dt: datetime) -> datetime:
 
 
 def audit(
-    session: Session, actor: str, action: str, target: str, remote: str = "", **detail: Any
+    session: Session, actor: str, action: str, obj: str, remote: str = "", **detail: Any
 ) -> None:
     session.add(
-        AuditRecord(actor=actor, action=action, target=target, remote=remote, detail=detail)
+        AuditRecord(actor=actor, action=action, target=obj, remote=remote, detail=detail)
     )

@@ -69,7 +69,6 @@ def enroll_device(
         Device(id=device_id, group=row.group, cert_serial=str(serial), cert_not_after=not_after)
     )
     session.flush()
-    assert services.tuf is not None
     return EnrollOut(
         device_id=device_id,
         certificate=cert.decode(),

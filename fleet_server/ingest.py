@@ -44,7 +44,7 @@ def ingest(session: Session, envelopes: list[protocol.Envelope]) -> dict[str, li
         for d in session.scalars(select(Device).where(Device.id.in_(list(by_device))))
         if d.revoked_at is None  # a revoked device's reports are neither stored nor acked
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
     for device_id, envs in by_device.items():
         if device_id in known:
             rows.extend(

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent import protocol
 from fleet_server.broker import EmbeddedBroker
@@ -48,7 +50,7 @@ class ServerMqtt:
         self._on_uplink = on_uplink
         self.connected = threading.Event()
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv311,
             clean_session=True,
@@ -69,7 +71,7 @@ class ServerMqtt:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_socket_open = self._on_socket_open
-        self._client.reconnect_delay_set(0.2, 10)
+        self._client.reconnect_delay_set(1, 10)
 
     def start(self, timeout: float = 10.0) -> None:
         self._client.connect_async(self.host, self.port, keepalive=30)
@@ -92,7 +94,7 @@ class ServerMqtt:
         client: mqtt.Client,
         userdata: object,
         flags: object,
-        reason: mqtt.ReasonCode,
+        reason: ReasonCode,
         props: object,
     ) -> None:
         if reason.is_failure:
@@ -106,14 +108,14 @@ class ServerMqtt:
         client: mqtt.Client,
         userdata: object,
         flags: object,
-        reason: mqtt.ReasonCode,
+        reason: ReasonCode,
         props: object,
     ) -> None:
         self.connected.clear()
         log.warning("disconnected from the broker: %s", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self._on_uplink(msg.topic, msg.payload)
+        self._on_uplink(msg.topic, bytes(msg.payload))
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
         """Publish and wait until the broker has it (retained messages stored in-process

@@ -6,6 +6,7 @@ import logging
 import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent import protocol
 from fleet_server.broker import EmbeddedBroker
@@ -13,6 +14,9 @@ from fleet_server.db import Database
 from fleet_server.ingest import ingest, parse_uplinks
 from fleet_server.mqtt_service import ServerMqtt, UplinkQueue
 from fleet_server.settings import Settings
+
+if TYPE_CHECKING:
+    from fleet_server.tuf_repo import TufRepository
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +47,18 @@ class FleetServices:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.mqtt_url = settings.mqtt_url
-        self.tuf = None  # set in start()
+        self._tuf: TufRepository | None = None  # set in start()
+
+    @property
+    def tuf(self) -> TufRepository:
+        assert self._tuf is not None, "services not started"
+        return self._tuf
 
     @property
     def agent_mqtt_url(self) -> str:
         return self.settings.agent_mqtt_url or self.mqtt_url
 
     def start(self) -> None:
-        from fleet_server.tuf_repo import TufRepository
-
         self.db.migrate()
         if not self.settings.mqtt_url:
             self.broker = EmbeddedBroker(
@@ -74,7 +81,9 @@ class FleetServices:
             tls=tls,
         )
         self.mqtt.start()
-        self.tuf = TufRepository.load(tuf_dir(self.settings.data_dir), self.mqtt)
+        from fleet_server.tuf_repo import TufRepository
+
+        self._tuf = TufRepository.load(tuf_dir(self.settings.data_dir), self.mqtt)
         # Brokers may have lost retained messages (amqtt keeps them in memory only).
         self.tuf.republish_all()
         self._spawn(self._ingest_loop, "ingest")
@@ -97,7 +106,7 @@ class FleetServices:
 
     def notify(self, device_ids: list[str]) -> None:
         """Tell devices to run an update cycle (an unsigned hint; the assignment is signed)."""
-        assert self.mqtt is not None and self.tuf is not None
+        assert self.mqtt is not None
         hint = protocol.Notify(self.tuf.targets_version).to_bytes()
         for device_id in device_ids:
             self.mqtt.publish(protocol.device_topic(device_id, "notify"), hint, retain=True)
@@ -125,7 +134,6 @@ class FleetServices:
         while not self._stop.wait(interval):
             try:
                 with self.publish_lock:
-                    assert self.tuf is not None
                     self.tuf.refresh_expiring(within=timedelta(hours=12))
             except Exception:
                 log.exception("TUF metadata refresh failed")
