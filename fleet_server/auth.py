@@ -87,6 +87,4 @@ def _aware(dt: datetime) -> datetime:
 def audit(
     session: Session, actor: str, action: str, obj: str, remote: str = "", **detail: Any
 ) -> None:
-    session.add(
-        AuditRecord(actor=actor, action=action, target=obj, remote=remote, detail=detail)
-    )
+    session.add(AuditRecord(actor=actor, action=action, target=obj, remote=remote, detail=detail))

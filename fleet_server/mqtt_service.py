@@ -151,6 +151,9 @@ class UplinkQueue:
             # Not acked, so the agent keeps it in its outbox and sends it again later.
             log.warning("ingest queue full: dropping an uplink (the agent will resend)")
 
+    def depth(self) -> int:
+        return self._q.qsize()
+
     def get_batch(self, max_items: int, timeout: float) -> list[tuple[str, bytes]]:
         try:
             first = self._q.get(timeout=timeout)

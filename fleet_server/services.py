@@ -12,6 +12,7 @@ from edge_agent import protocol
 from fleet_server.broker import EmbeddedBroker
 from fleet_server.db import Database
 from fleet_server.ingest import ingest, parse_uplinks
+from fleet_server.limits import RateLimiter
 from fleet_server.mqtt_service import ServerMqtt, UplinkQueue
 from fleet_server.settings import Settings
 
@@ -42,6 +43,7 @@ class FleetServices:
         self.ca = FleetCA.load(ca_dir(settings.data_dir))
         self.publish_lock = threading.RLock()
         self.uplinks = UplinkQueue()
+        self.publish_limiter = RateLimiter(settings.publish_rate_per_minute)
         self.broker: EmbeddedBroker | None = None
         self.mqtt: ServerMqtt | None = None
         self._stop = threading.Event()

@@ -38,6 +38,8 @@ async def publish(
     force: Annotated[bool, Form()] = False,
 ) -> ModelVersion:
     """Convert, check, parity-check, sign and register a new immutable version."""
+    if not services.publish_limiter.allow(actor.name):
+        raise HTTPException(429, "too many publish calls; try again in a minute")
     data = await _read_limited(file, services.settings.max_upload_bytes, "model file")
     sample_bytes = (
         await _read_limited(sample, services.settings.max_sample_bytes, "sample")
