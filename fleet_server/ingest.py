@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from edge_agent import protocol
 from edge_agent.exceptions import ProtocolError
+from fleet_server.alerting import raise_alert
 from fleet_server.tables import Deployment, DeploymentDevice, Device, Telemetry, utcnow
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,14 @@ def _apply(session: Session, device: Device, env: protocol.Envelope) -> None:
         device.state = str(env.body.get("state", "online"))[:20]
     elif env.kind == "deployment":
         _apply_deployment(session, device, env.body)
+    elif env.kind == "alert":
+        raise_alert(
+            session,
+            "device_refusal",
+            f"{device.id} refused an update: {env.body.get('reason', '')}",
+            device_id=device.id,
+            detail=env.body,
+        )
 
 
 def _apply_deployment(session: Session, device: Device, body: dict[str, Any]) -> None:
@@ -100,6 +109,14 @@ def _apply_deployment(session: Session, device: Device, body: dict[str, Any]) ->
     if row is None or session.get(Deployment, dep_id) is None:
         return
     row.status = status
+    if status in ("failed", "rolled_back"):
+        raise_alert(
+            session,
+            "deployment_failed",
+            f"{device.id}: deployment {dep_id} {status} ({body.get('reason', '')})",
+            device_id=device.id,
+            detail={"deployment": dep_id, "reason": body.get("reason", "")},
+        )
     row.reason = str(body.get("reason", ""))[:40]
     row.message = str(body.get("message", ""))[:2000]
     row.updated_at = utcnow()

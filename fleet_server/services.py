@@ -90,6 +90,7 @@ class FleetServices:
         self.tuf.republish_all()
         self._spawn(self._ingest_loop, "ingest")
         self._spawn(self._refresh_loop, "tuf-refresh")
+        self._spawn(self._staleness_loop, "staleness")
 
     def stop(self) -> None:
         self._stop.set()
@@ -130,6 +131,17 @@ class FleetServices:
                 self.mqtt.send_nowait(
                     protocol.device_topic(device_id, "ack"), protocol.Ack(tuple(seqs)).to_bytes()
                 )
+
+    def _staleness_loop(self) -> None:
+        from fleet_server.alerting import check_staleness
+
+        after = timedelta(seconds=self.settings.staleness_s)
+        while not self._stop.wait(min(60.0, self.settings.staleness_s / 2)):
+            try:
+                with self.db.begin() as session:
+                    check_staleness(session, after)
+            except Exception:
+                log.exception("staleness check failed")
 
     def _refresh_loop(self) -> None:
         interval = max(5.0, self.settings.timestamp_refresh_s)
