@@ -40,6 +40,7 @@ class ServerMqtt:
         on_uplink: Callable[[str, bytes], None],
         embedded: EmbeddedBroker | None = None,
         tls: tuple[str, str, str] | None = None,
+        shared_group: str = "",
     ) -> None:
         parsed = urlparse(url)
         if parsed.scheme not in ("mqtt", "mqtts"):
@@ -48,12 +49,15 @@ class ServerMqtt:
         self.port = parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
         self._embedded = embedded
         self._on_uplink = on_uplink
+        # Several replicas share ingestion through an MQTT 5 shared subscription; each
+        # uplink then reaches one replica. Brokers without $share need one replica.
+        self.up_filter = f"$share/{shared_group}/{UP_FILTER}" if shared_group else UP_FILTER
         self.connected = threading.Event()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
+            protocol=mqtt.MQTTv5 if shared_group else mqtt.MQTTv311,
+            clean_session=None if shared_group else True,
         )
         self._client.max_queued_messages_set(0)
         self._client.max_inflight_messages_set(100)
@@ -100,7 +104,7 @@ class ServerMqtt:
         if reason.is_failure:
             log.error("broker refused the server: %s", reason)
             return
-        client.subscribe(UP_FILTER, qos=1)
+        client.subscribe(self.up_filter, qos=1)
         self.connected.set()
 
     def _on_disconnect(

@@ -81,6 +81,7 @@ class FleetServices:
             on_uplink=self.uplinks.put,
             embedded=self.broker,
             tls=tls,
+            shared_group=self.settings.mqtt_shared_group,
         )
         self.mqtt.start()
         from fleet_server.tuf_repo import TufRepository

@@ -33,6 +33,7 @@ class Settings:
     embedded_mqtt_port: int = 1883  # 0 picks a free port
     agent_mqtt_url: str = ""  # broker URL handed to agents; empty: the one the server uses
     mqtt_client_id: str = "fleet-server"
+    mqtt_shared_group: str = ""  # replicas: share ingestion via $share/<group>/... (MQTT 5)
     mqtt_tls_ca: str = ""
     mqtt_tls_cert: str = ""
     mqtt_tls_key: str = ""
