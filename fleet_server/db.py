@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -56,3 +57,14 @@ class Database:
 
     def migrate(self) -> None:
         migrate(self.engine)
+
+
+def try_job_lock(session: Session, job: str) -> bool:
+    """Take a transaction-scoped lock so that one replica runs a periodic job at a time.
+
+    PostgreSQL: an advisory lock released at commit. SQLite serves one process: always true.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    key = int.from_bytes(hashlib.sha256(job.encode()).digest()[:8], "big", signed=True)
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar())

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from edge_agent import protocol
 from fleet_server.broker import EmbeddedBroker
-from fleet_server.db import Database
+from fleet_server.db import Database, try_job_lock
 from fleet_server.ingest import ingest, parse_uplinks
 from fleet_server.limits import RateLimiter
 from fleet_server.mqtt_service import ServerMqtt, UplinkQueue
@@ -140,7 +140,8 @@ class FleetServices:
         while not self._stop.wait(min(60.0, self.settings.staleness_s / 2)):
             try:
                 with self.db.begin() as session:
-                    check_staleness(session, after)
+                    if try_job_lock(session, "staleness"):
+                        check_staleness(session, after)
             except Exception:
                 log.exception("staleness check failed")
 
@@ -148,7 +149,8 @@ class FleetServices:
         interval = max(5.0, self.settings.timestamp_refresh_s)
         while not self._stop.wait(interval):
             try:
-                with self.publish_lock:
-                    self.tuf.refresh_expiring(within=timedelta(hours=12))
+                with self.publish_lock, self.db.begin() as session:
+                    if try_job_lock(session, "tuf-refresh"):
+                        self.tuf.refresh_expiring(within=timedelta(hours=12))
             except Exception:
                 log.exception("TUF metadata refresh failed")
