@@ -356,7 +356,8 @@ def load_model(path: Path, package: ModelPackage, limits: Limits | None = None) 
     try:
         # From the verified bytes, never from the path (see the module docstring).
         session = ort.InferenceSession(
-            data, sess_options=session_options(), providers=["CPUExecutionProvider"]
+            data, sess_options=session_options(), providers=["CPUExecutionProvider"],
+            read_config_from_model=0,  # whatever ORT_LOAD_CONFIG_FROM_MODEL says
         )
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelRefusedError("load_failed", f"onnxruntime refused the model: {e}") from e
