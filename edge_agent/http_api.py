@@ -165,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         raw = self.headers.get("Content-Length")
         if raw is None:
-            if self.command == "GET":
+            if self.command != "POST":
                 return 0
             self._error(411, "POST needs a Content-Length", close=True)
             return None
@@ -379,7 +379,7 @@ class ApiServer:
         self.port = port
         self.unix_socket = unix_socket
         self._threads = [
-            threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2},
+            threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1},
                              name=f"oip-{i}", daemon=True)
             for i, s in enumerate(servers)
         ]

@@ -63,6 +63,8 @@ def decode_tensor(name: str, datatype: Any, shape: Any, data: Any) -> np.ndarray
                 raise BadRequestError(f"input {name!r}: BYTES data must be strings")
         else:
             arr = np.asarray(data)
+            if dtype.kind in "iu" and arr.dtype.kind in "fO":
+                arr = _big_ints(name, data, dtype, datatype, arr)
             if arr.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
                 raise BadRequestError(
                     f"input {name!r}: data is not {datatype} (found {_json_kind(arr)})"
@@ -81,6 +83,19 @@ def decode_tensor(name: str, datatype: Any, shape: Any, data: Any) -> np.ndarray
             f"input {name!r}: shape {shape} needs {expected} values, data has {arr.size}"
         )
     return arr.reshape(shape)
+
+
+def _big_ints(
+    name: str, data: list[Any], dtype: np.dtype[Any], datatype: str, inferred: np.ndarray
+) -> np.ndarray:
+    """Slow path: integers numpy did not keep as integers (beyond int64, e.g. UINT64)."""
+    values = np.asarray(data, dtype=object)
+    if not all(type(v) is int for v in values.flat):
+        return inferred
+    try:
+        return np.array(values.ravel().tolist(), dtype=dtype).reshape(values.shape)
+    except OverflowError as e:
+        raise BadRequestError(f"input {name!r}: values out of range for {datatype}") from e
 
 
 def _json_kind(arr: np.ndarray) -> str:
