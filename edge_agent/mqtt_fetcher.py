@@ -32,13 +32,14 @@ from tuf.ngclient.fetcher import FetcherInterface
 from edge_agent import protocol
 from edge_agent.exceptions import ProtocolError
 from edge_agent.mqtt_link import MqttLink, TopicQueue
+from edge_agent.trust import ContentMismatchError
 
 log = logging.getLogger(__name__)
 
 PARTIAL_MAX_AGE_S = 7 * 24 * 3600
 
 
-class ChunkMismatchError(DownloadError):
+class ChunkMismatchError(ContentMismatchError):
     """A chunk's bytes do not match the digest or length its manifest names."""
 
 

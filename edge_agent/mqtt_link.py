@@ -306,9 +306,7 @@ class MqttLink:
         with self._lock:
             queues = list(self._queues.get(topic, ()))
             barrier = self._barriers.get(payload) if topic in self._barrier_topics else None
-            handlers = [
-                cb for f, cb in self._handlers.items() if mqtt.topic_matches_sub(f, topic)
-            ]
+            handlers = [cb for f, cb in self._handlers.items() if mqtt.topic_matches_sub(f, topic)]
         for q in queues:
             q.put_nowait(payload)
         if barrier is not None:
