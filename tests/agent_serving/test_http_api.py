@@ -271,3 +271,32 @@ def test_zero_downtime_swap_under_load(
     assert failures == []
     assert seen["1"] + seen["2"] >= 100  # requests really overlapped the 60 swaps
     assert seen["1"] > 0 and seen["2"] > 0
+
+
+def test_malformed_http_is_refused_and_expect_continue_is_checked_first(
+    server: ApiServer, clf_v1: BuiltModel
+) -> None:
+    def exchange(raw: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(raw)
+            return s.recv(65536)
+
+    assert exchange(b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert exchange(b"GET /v2 HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+                    ).startswith(b"HTTP/1.1 400 ")
+    assert exchange(b"POST /v2/models/clf/infer HTTP/1.1\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 999999999\r\n\r\n").startswith(b"HTTP/1.1 413 ")
+    body = json.dumps(infer_body(clf_v1.X[:1])).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /v2/models/clf/infer HTTP/1.1\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+    # HTTP/1.0 without keep-alive: answered, then closed
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in data
