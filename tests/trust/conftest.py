@@ -124,8 +124,11 @@ class Env:
         return [
             p
             for p in self.tmp.rglob("*")
-            if p.is_file() and targets not in p.parents and "agent" in p.parts
-            and "metadata" not in p.parts and "partial" not in p.parts
+            if p.is_file()
+            and targets not in p.parents
+            and "agent" in p.parts
+            and "metadata" not in p.parts
+            and "partial" not in p.parts
         ]
 
 

@@ -7,7 +7,8 @@ import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer._crypto_signer import CryptoSigner
+from tuf.api._payload import Snapshot, Timestamp
 from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
@@ -40,13 +41,13 @@ def md_bytes(env: Env, name: str) -> bytes:
 
 
 def current(env: Env, role: str) -> str:
-    ts = Metadata.from_bytes(md_bytes(env, "timestamp.json"))
+    ts = Metadata[Timestamp].from_bytes(md_bytes(env, "timestamp.json"))
     if role == "timestamp":
         return "timestamp.json"
     snap_v = ts.signed.snapshot_meta.version
     if role == "snapshot":
         return f"{snap_v}.snapshot.json"
-    snap = Metadata.from_bytes(md_bytes(env, f"{snap_v}.snapshot.json"))
+    snap = Metadata[Snapshot].from_bytes(md_bytes(env, f"{snap_v}.snapshot.json"))
     return f"{snap.signed.meta[role + '.json'].version}.{role}.json"
 
 

@@ -57,8 +57,9 @@ def test_not_found_is_answered_by_the_barrier_not_a_timeout(env: Env) -> None:
         cycle.target_file("models/none/1/model.onnx")
     assert e.value.reason == "target_missing"
     # A missing topic: the fetcher answers 404 after one round trip.
-    from edge_agent.mqtt_fetcher import MqttFetcher
     from tuf.api.exceptions import DownloadHTTPError
+
+    from edge_agent.mqtt_fetcher import MqttFetcher
 
     f = MqttFetcher(env.link, DEVICE, timeout=10.0)
     t0 = time.monotonic()
@@ -87,7 +88,9 @@ def test_chunk_that_never_arrives_fails_as_download_failed_within_the_timeout(en
     data = os.urandom(4 * protocol.CHUNK_SIZE)
     pkg = env.publish_model("slow", 1, data)
     missing = protocol.ChunkRef(
-        __import__("hashlib").sha256(data[protocol.CHUNK_SIZE : 2 * protocol.CHUNK_SIZE]).hexdigest(),
+        __import__("hashlib")
+        .sha256(data[protocol.CHUNK_SIZE : 2 * protocol.CHUNK_SIZE])
+        .hexdigest(),
         protocol.CHUNK_SIZE,
     )
     env.pub.unpublish(protocol.chunk_topic(missing.sha256))
