@@ -70,7 +70,7 @@ def test_onnx_with_external_data_is_refused(fleet: RunningServer, tmp_path: Path
         path,
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location="../../etc/passwd",
+        location="weights.bin",
         size_threshold=0,
     )
     r = _publish(fleet, path.read_bytes(), "m.onnx")
