@@ -41,6 +41,10 @@ _COMPRESSED_MAGIC = {
     b"\x5d\x00\x00": "lzma",
     b"\x04\x22\x4d\x18": "lz4",
     b"ZF": "joblib zlib",
+    b"\x78\x01": "zlib",
+    b"\x78\x5e": "zlib",
+    b"\x78\x9c": "zlib",
+    b"\x78\xda": "zlib",
 }
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".sav", ".pck")
 

@@ -100,17 +100,17 @@ def compare(
         hard = row_bad & row_bad_alt
         tie_rows = row_bad & ~row_bad_alt
         stable &= ~row_bad & ~row_bad_alt
-        within = diff[~tie_rows] if (~tie_rows).any() else np.zeros(1)
-        rel = (
-            within / np.maximum(np.abs(np.nan_to_num(w[~tie_rows])), 1e-12)
-            if (~tie_rows).any()
-            else np.zeros(1)
-        )
+        keep = ~tie_rows
+        d = diff[keep] if keep.any() else np.zeros(1)
+        ref = np.abs(np.nan_to_num(w[keep])) if keep.any() else np.ones(1)
         violations = int(hard.sum())
         outputs[name] = {
             "kind": "scores",
-            "max_abs": _finite(float(within.max())),
-            "max_rel": _finite(float(rel.max())),
+            "max_abs": _finite(float(d.max())),
+            # relative to max(|original|, 1e-3): tiny probabilities do not blow it up
+            "max_rel": _finite(float((d / np.maximum(ref, 1e-3)).max())),
+            # the pass criterion: |diff| / max(1, |original|) <= tolerance
+            "max_scaled": _finite(float((d / np.maximum(ref, 1.0)).max())),
             "violations": violations,
             "float_ties": int(tie_rows.sum()),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,10 +52,15 @@ def parse_csv(
     if "\x00" in text:
         raise SampleError("sample contains NUL bytes; expected a text CSV")
     try:
-        frame = pd.read_csv(io.StringIO(text), nrows=max_rows, skipinitialspace=True)
+        with warnings.catch_warnings():
+            # pandas only warns when a row has more fields than the header: refuse it.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                io.StringIO(text), nrows=max_rows, skipinitialspace=True, index_col=False
+            )
     except pd.errors.EmptyDataError as e:
         raise SampleError("sample has no header row") from e
-    except (pd.errors.ParserError, ValueError, csv.Error) as e:
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, csv.Error) as e:
         raise SampleError(f"sample is not a valid CSV: {e}") from e
     if frame.shape[0] == 0:
         raise SampleError("sample has a header but no data rows")

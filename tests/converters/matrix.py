@@ -55,9 +55,9 @@ def _frame(x: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[f"f{i}" for i in range(x.shape[1])])
 
 
-def fitted(kind: str, make: Callable[[], Any], *, unsupervised: bool = False) -> Callable[
-    [], tuple[Any, pd.DataFrame]
-]:
+def fitted(
+    kind: str, make: Callable[[], Any], *, unsupervised: bool = False
+) -> Callable[[], tuple[Any, pd.DataFrame]]:
     def build() -> tuple[Any, pd.DataFrame]:
         x, y = _data(kind)
         est = make()
@@ -113,28 +113,95 @@ def _cases() -> list[Case]:
 
     c = Case
     return [
-        c("LogisticRegression", fitted("cancer", lambda: linear_model.LogisticRegression(max_iter=3000))),
-        c("RandomForestClassifier", fitted("iris", lambda: ensemble.RandomForestClassifier(30, max_depth=8, random_state=0))),
-        c("GradientBoostingClassifier", fitted("wine", lambda: ensemble.GradientBoostingClassifier(n_estimators=30, random_state=0))),
-        c("HistGradientBoostingClassifier", fitted("synthetic", lambda: ensemble.HistGradientBoostingClassifier(max_iter=30, random_state=0))),
-        c("ExtraTreesClassifier", fitted("cancer", lambda: ensemble.ExtraTreesClassifier(30, random_state=0))),
-        c("DecisionTreeClassifier", fitted("wine", lambda: tree.DecisionTreeClassifier(max_depth=6, random_state=0))),
+        c(
+            "LogisticRegression",
+            fitted("cancer", lambda: linear_model.LogisticRegression(max_iter=3000)),
+        ),
+        c(
+            "RandomForestClassifier",
+            fitted(
+                "iris", lambda: ensemble.RandomForestClassifier(30, max_depth=8, random_state=0)
+            ),
+        ),
+        c(
+            "GradientBoostingClassifier",
+            fitted(
+                "wine", lambda: ensemble.GradientBoostingClassifier(n_estimators=30, random_state=0)
+            ),
+        ),
+        c(
+            "HistGradientBoostingClassifier",
+            fitted(
+                "synthetic",
+                lambda: ensemble.HistGradientBoostingClassifier(max_iter=30, random_state=0),
+            ),
+        ),
+        c(
+            "ExtraTreesClassifier",
+            fitted("cancer", lambda: ensemble.ExtraTreesClassifier(30, random_state=0)),
+        ),
+        c(
+            "DecisionTreeClassifier",
+            fitted("wine", lambda: tree.DecisionTreeClassifier(max_depth=6, random_state=0)),
+        ),
         c("SVC(probability)", fitted("iris", lambda: svm.SVC(probability=True, random_state=0))),
         c("LinearSVC", fitted("synthetic", lambda: svm.LinearSVC(random_state=0))),
         c("KNeighborsClassifier", fitted("iris", lambda: neighbors.KNeighborsClassifier(5))),
-        c("MLPClassifier", fitted("synthetic", lambda: neural_network.MLPClassifier((32,), max_iter=300, random_state=0))),
+        c(
+            "MLPClassifier",
+            fitted(
+                "synthetic",
+                lambda: neural_network.MLPClassifier((32,), max_iter=300, random_state=0),
+            ),
+        ),
         c("GaussianNB", fitted("wine", naive_bayes.GaussianNB)),
         c("Ridge", fitted("diabetes", linear_model.Ridge)),
         c("Lasso", fitted("diabetes", lambda: linear_model.Lasso(alpha=0.1))),
         c("LinearRegression", fitted("diabetes", linear_model.LinearRegression)),
         c("ElasticNet", fitted("diabetes", lambda: linear_model.ElasticNet(alpha=0.01))),
         c("SVR", fitted("diabetes", svm.SVR)),
-        c("RandomForestRegressor", fitted("diabetes", lambda: ensemble.RandomForestRegressor(30, max_depth=8, random_state=0))),
-        c("HistGradientBoostingRegressor", fitted("diabetes", lambda: ensemble.HistGradientBoostingRegressor(max_iter=30, random_state=0))),
+        c(
+            "RandomForestRegressor",
+            fitted(
+                "diabetes", lambda: ensemble.RandomForestRegressor(30, max_depth=8, random_state=0)
+            ),
+        ),
+        c(
+            "HistGradientBoostingRegressor",
+            fitted(
+                "diabetes",
+                lambda: ensemble.HistGradientBoostingRegressor(max_iter=30, random_state=0),
+            ),
+        ),
         c("KNeighborsRegressor", fitted("diabetes", neighbors.KNeighborsRegressor)),
-        c("IsolationForest", fitted("synthetic", lambda: ensemble.IsolationForest(n_estimators=30, random_state=0), unsupervised=True)),
-        c("Pipeline(StandardScaler+LogisticRegression)", fitted("wine", lambda: pipeline.make_pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression(max_iter=1000)))),
-        c("Pipeline(PCA+RandomForest)", fitted("cancer", lambda: pipeline.make_pipeline(preprocessing.StandardScaler(), decomposition.PCA(8), ensemble.RandomForestClassifier(20, random_state=0)))),
+        c(
+            "IsolationForest",
+            fitted(
+                "synthetic",
+                lambda: ensemble.IsolationForest(n_estimators=30, random_state=0),
+                unsupervised=True,
+            ),
+        ),
+        c(
+            "Pipeline(StandardScaler+LogisticRegression)",
+            fitted(
+                "wine",
+                lambda: pipeline.make_pipeline(
+                    preprocessing.StandardScaler(), linear_model.LogisticRegression(max_iter=1000)
+                ),
+            ),
+        ),
+        c(
+            "Pipeline(PCA+RandomForest)",
+            fitted(
+                "cancer",
+                lambda: pipeline.make_pipeline(
+                    preprocessing.StandardScaler(),
+                    decomposition.PCA(8),
+                    ensemble.RandomForestClassifier(20, random_state=0),
+                ),
+            ),
+        ),
         c("ColumnTransformer(OneHotEncoder+StandardScaler)+LogisticRegression", _mixed),
         c("StandardScaler", fitted("wine", preprocessing.StandardScaler, unsupervised=True)),
         c("MinMaxScaler", fitted("diabetes", preprocessing.MinMaxScaler, unsupervised=True)),
@@ -142,7 +209,7 @@ def _cases() -> list[Case]:
         c("LGBMRegressor", fitted("diabetes", lambda: _lgbm("LGBMRegressor")), needs="lightgbm"),
         c("XGBClassifier", fitted("iris", lambda: _xgb("XGBClassifier")), needs="xgboost"),
         c("XGBRegressor", fitted("diabetes", lambda: _xgb("XGBRegressor")), needs="xgboost"),
-    ]  # fmt: skip
+    ]
 
 
 def _lgbm(name: str) -> Any:

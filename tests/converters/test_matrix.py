@@ -47,9 +47,16 @@ def test_estimator_converts_with_parity_from_csv_sample(case: Case) -> None:
             np.testing.assert_allclose(got[name], want, atol=1e-4, rtol=1e-4)
     # What the registry builds from it round-trips through the wire format.
     package = ModelPackage(
-        name="m", version=1, model_target="models/m/1/model.onnx", model_sha256=result.sha256,
-        inputs=result.inputs, outputs=result.outputs, opset=result.opset,
-        ort_min=result.ort_min, selftest=result.selftest, profile=result.profile,
-    )  # fmt: skip
+        name="m",
+        version=1,
+        model_target="models/m/1/model.onnx",
+        model_sha256=result.sha256,
+        inputs=result.inputs,
+        outputs=result.outputs,
+        opset=result.opset,
+        ort_min=result.ort_min,
+        selftest=result.selftest,
+        profile=result.profile,
+    )
     assert ModelPackage.from_bytes(package.to_bytes()) == package
     assert result.profile["rows"] == len(frame)
