@@ -565,6 +565,10 @@ class TufRepository:
             now = self._clock()
             old_path = self._key_path(role)
             new_path = old_path.with_suffix(".pem.new")
+            # The root key is loaded first: a wrong passphrase changes nothing.
+            root_signer = (
+                None if role == BINS_KEY else _load_signer(self.root_key_path, root_passphrase)
+            )
             new = _new_key(new_path)
             if role == BINS_KEY:
                 targets = self._roles["targets"].signed
@@ -575,7 +579,7 @@ class TufRepository:
                 self._signers[BINS_KEY] = new
                 changed = set(self._roles)  # every bin is re-signed with the new key
             else:
-                root_signer = _load_signer(self.root_key_path, root_passphrase)
+                assert root_signer is not None
                 root_md = self._root
                 root_md.signed.revoke_key(self._signers[role].public_key.keyid, role)
                 root_md.signed.add_key(new.public_key, role)
