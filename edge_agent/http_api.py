@@ -23,6 +23,7 @@ import os
 import socket
 import socketserver
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -405,6 +406,13 @@ class _Limited:
         with self._open_lock:
             self._open.discard(request)
         self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr; a client that went away is normal.
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("connection ended: %s", sys.exc_info()[1])
+        else:
+            log.exception("error while serving a connection")
 
     def cut_connections(self) -> None:
         with self._open_lock:

@@ -137,7 +137,7 @@ def session_options() -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors reach the caller as exceptions
+    so.log_severity_level = 4  # errors reach the caller as exceptions, not stderr
     # Guards against a model exhausting memory at run time: allocate from the capped arena.
     so.add_session_config_entry("session.use_env_allocators", "1")
     # Guards against a model exhausting memory at load time through constant folding.
@@ -520,7 +520,7 @@ class ModelRegistry:
 
     def models(self) -> dict[str, LoadedModel]:
         """A snapshot of what is served now."""
-        return self._models
+        return dict(self._models)
 
     def ready(self) -> bool:
         return bool(self._models)
