@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             from edge_agent.daemon import Agent
 
             agent = Agent(AgentConfig.load(args.data_dir, args.config))
-            signal.signal(signal.SIGTERM, lambda *_: agent._stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
             agent.run_forever()
             return 0
     except EdgeAgentError as e:

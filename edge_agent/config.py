@@ -39,6 +39,7 @@ class AgentConfig:
     outbox_max_bytes: int = 20 * 1024 * 1024
     outbox_max_age_s: float = 7 * 24 * 3600.0
     max_request_bytes: int = 32 * 1024 * 1024
+    max_model_memory_bytes: int = 512 * 1024 * 1024  # onnxruntime arena cap for all models
 
     @property
     def socket_path(self) -> Path:

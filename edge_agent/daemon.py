@@ -98,6 +98,7 @@ class Agent:
             port=self.config.api_port,
             unix_socket=self.config.socket_path if self.config.unix_socket else None,
             on_infer=self._on_infer,
+            max_body_bytes=self.config.max_request_bytes,
         )
         atomic_write(self.config.data_dir / "api.port", str(self.api.port).encode())
         tls = None
@@ -132,6 +133,9 @@ class Agent:
         if self.api is not None:
             self.api.close()
 
+    def request_stop(self) -> None:
+        self._stop.set()
+
     def run_forever(self) -> None:
         self.start()
         try:
@@ -142,8 +146,9 @@ class Agent:
 
     # -- serving --------------------------------------------------------------------------
     def _load_active(self) -> None:
-        from edge_agent.runtime import load_model
+        from edge_agent.runtime import configure_memory, load_model
 
+        configure_memory(self.config.max_model_memory_bytes)
         for name, version in list(self.state.active.items()):
             installed = self.store.installed(name, version)
             if installed is None:
