@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from converters.build import convert, convert_estimator, convert_onnx
 from converters.result import ConvertedModel, ConvertedVariant
+from converters.variants import optimize
 
 __all__ = [
     "ConvertedModel",
@@ -16,4 +17,5 @@ __all__ = [
     "convert",
     "convert_estimator",
     "convert_onnx",
+    "optimize",
 ]
