@@ -103,6 +103,7 @@ queue_qos0_messages false
 log_type error
 log_type warning
 log_type notice
+log_type information
 connection_messages true
 
 listener {port} {bind}

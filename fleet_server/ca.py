@@ -299,7 +299,10 @@ class FleetCA:
                 sans.append(x509.DNSName(host))
         key = new_key()
         cert = self._issue(
-            hostnames[0], key.public_key(), days=days, eku=ExtendedKeyUsageOID.SERVER_AUTH,
+            hostnames[0],
+            key.public_key(),
+            days=days,
+            eku=ExtendedKeyUsageOID.SERVER_AUTH,
             sans=sans,
         )
         return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
