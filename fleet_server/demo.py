@@ -77,9 +77,12 @@ def run_demo(data_dir: Path, *, agents: int = 3, keep_running: bool = False) -> 
 
             model_path, sample_path, rows, model = train_demo_model(data_dir)
             version = client.publish("breast-cancer", model_path, sample=sample_path)
+            parity = version["parity"]["outputs"]
             console.print(
-                f"published breast-cancer:{version['version']} (sha256 {version['sha256'][:12]}…, "
-                f"parity max abs diff {version['parity'].get('max_abs_diff', 'n/a')})"
+                f"published breast-cancer:{version['version']} (sha256 {version['sha256'][:12]}…): "
+                f"parity on {version['parity']['rows']} sample rows: label agreement "
+                f"{parity['label']['agreement']:.0%}, probabilities max abs diff "
+                f"{parity['probabilities']['max_abs']:.1e}"
             )
             dep = client.deploy("breast-cancer", version["version"], group="demo")
             dep = client.wait_deployment(dep["id"], timeout=120)
