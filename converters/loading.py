@@ -65,7 +65,7 @@ def detect_format(data: bytes, filename: str = "") -> ModelFormat:
             "checkpoint?); export the model to ONNX or save it with skops.io.dump"
         )
     # Guards against unpickling: pickle runs code chosen by whoever wrote the file.
-    if _looks_like_pickle(data) or filename.lower().endswith(_PICKLE_SUFFIXES):
+    if _looks_like_pickle(data):
         raise UnsafeModelError(f"{filename or 'file'}: {PICKLE_HINT}", check="format")
     for magic, kind in _COMPRESSED_MAGIC.items():
         if data.startswith(magic):
@@ -76,6 +76,8 @@ def detect_format(data: bytes, filename: str = "") -> ModelFormat:
             )
     if _looks_like_onnx(data):
         return "onnx"
+    if filename.lower().endswith(_PICKLE_SUFFIXES):
+        raise UnsafeModelError(f"{filename}: {PICKLE_HINT}", check="format")
     raise UnsupportedModelError(
         f"{filename or 'file'} is not a recognised model file: expected an ONNX model "
         "(.onnx) or a skops file (.skops); pickle/joblib must be converted locally with "
