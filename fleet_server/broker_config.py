@@ -177,11 +177,17 @@ def write_mosquitto_config(
     hostnames: Sequence[str] = ("localhost", "127.0.0.1"),
     user: str = "mosquitto",
     extra_server_identities: Sequence[str] = (),
-    revoked_device_ids: Iterable[str] = (),
+    revoked_device_ids: Iterable[str] | None = None,
 ) -> BrokerPaths:
-    """Write mosquitto.conf, ACL, CRL, CA and a fresh broker certificate into ``out_dir``."""
+    """Write mosquitto.conf, ACL, CRL, CA and a fresh broker certificate into ``out_dir``.
+
+    ``revoked_device_ids=None`` keeps the revocations of an earlier run in ``out_dir``, so
+    writing the config again never gives a revoked device its topics back.
+    """
     identities = [server_identity, *extra_server_identities]
     _check_server_identities(identities)
+    if revoked_device_ids is None:
+        revoked_device_ids = read_revoked_device_ids(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = broker_paths(out_dir)
     paths.persistence.mkdir(exist_ok=True)
@@ -189,20 +195,26 @@ def write_mosquitto_config(
     atomic_write(paths.ca, ca.cert_pem, mode=0o644)
     atomic_write(paths.cert, cert_pem, mode=0o644)
     atomic_write(paths.key, key_pem, mode=0o600)
-    state = {"server_identities": identities}
-    atomic_write(out_dir / STATE_NAME, json.dumps(state, indent=1).encode(), mode=0o644)
     write_crl(out_dir, ca)
-    write_acl(out_dir, revoked_device_ids)
+    write_acl(out_dir, revoked_device_ids, server_identities=identities)
     atomic_write(paths.conf, render_config(paths, port=port, bind=bind, user=user).encode())
     _chown_for(user, paths.key, paths.persistence)
     return paths
 
 
-def _server_identities(out_dir: Path) -> list[str]:
-    state = json.loads((out_dir / STATE_NAME).read_text())
-    names = [str(n) for n in state["server_identities"]]
-    _check_server_identities(names)
-    return names
+def _read_state(out_dir: Path) -> dict[str, list[str]]:
+    """What the last ``write_acl`` wrote: server identities and revoked device ids."""
+    path = out_dir / STATE_NAME
+    if not path.exists():
+        return {"server_identities": [SERVER_IDENTITY_PREFIX], "revoked_device_ids": []}
+    state = json.loads(path.read_text())
+    return {
+        k: [str(v) for v in state.get(k, [])] for k in ("server_identities", "revoked_device_ids")
+    }
+
+
+def read_revoked_device_ids(out_dir: Path) -> list[str]:
+    return _read_state(out_dir)["revoked_device_ids"]
 
 
 def write_acl(
@@ -211,11 +223,18 @@ def write_acl(
     *,
     server_identities: Sequence[str] | None = None,
 ) -> Path:
-    """Rewrite the ACL so ``revoked_device_ids`` get nothing; call ``reload_broker`` next."""
-    names = list(server_identities) if server_identities else _server_identities(out_dir)
+    """Rewrite the ACL so ``revoked_device_ids`` (the full list) get nothing.
+
+    Call ``reload_broker`` next. Server identities default to those of the last write.
+    """
+    names = list(server_identities or _read_state(out_dir)["server_identities"])
     _check_server_identities(names)
+    revoked = sorted(set(revoked_device_ids))
+    text = render_acl(names, revoked)  # validates every id before anything is written
+    state = {"server_identities": names, "revoked_device_ids": revoked}
+    atomic_write(out_dir / STATE_NAME, json.dumps(state, indent=1).encode(), mode=0o644)
     path = broker_paths(out_dir).acl
-    atomic_write(path, render_acl(names, revoked_device_ids).encode(), mode=0o644)
+    atomic_write(path, text.encode(), mode=0o644)
     return path
 
 

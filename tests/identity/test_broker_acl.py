@@ -7,6 +7,7 @@ so when the allowed one arrives, the forbidden one would have arrived before it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,6 +204,7 @@ def test_client_ids_with_wildcards_are_replaced_by_the_certificate_cn(
 def test_handshake_fails_without_a_client_certificate(broker: SecureBroker) -> None:
     outcome, peer = try_connect(broker, TlsFiles(broker.paths.ca, None, None), "anon")
     assert peer is None and not outcome.connected, outcome
+    assert _logged(broker, "peer did not return a certificate")
 
 
 def test_handshake_fails_with_a_certificate_from_another_ca(
@@ -210,10 +212,21 @@ def test_handshake_fails_with_a_certificate_from_another_ca(
 ) -> None:
     # Same CN as a real device, same shape of certificate, but a rogue CA signed it.
     rogue = start_rogue_identity(tmp_path, "a6")
+    before = broker.log.read_text().count("certificate verify failed")
     outcome, peer = try_connect(broker, TlsFiles(broker.paths.ca, rogue.cert, rogue.key), "a6")
     assert peer is None and not outcome.connected, outcome
+    assert _logged(broker, "certificate verify failed", before + 1)  # refused by the broker
     # The same device with its real certificate gets in.
     _device(broker, "a6").close()
+
+
+def _logged(broker: SecureBroker, text: str, count: int = 1) -> bool:
+    deadline = time.monotonic() + 2
+    while broker.log.read_text().count(text) < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def start_rogue_identity(tmp_path: Path, device_id: str) -> TlsFiles:

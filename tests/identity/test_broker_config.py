@@ -70,6 +70,10 @@ def test_revoked_devices_get_a_deny_all_block_before_the_patterns(
     lines = _directives((out / "acl").read_text())
     assert lines[:4] == ["user dev-a", "topic deny #", "user dev-b", "topic deny #"]
     assert lines.index("user fleet-server") > 3
+    # Writing the whole config again keeps the revocations.
+    ca = FleetCA.load(out.parent / "ca")
+    write_mosquitto_config(out, ca=ca, port=8883, user="mosquitto")
+    assert _directives((out / "acl").read_text())[:2] == ["user dev-a", "topic deny #"]
     write_acl(out, [])
     assert "topic deny #" not in (out / "acl").read_text()
 

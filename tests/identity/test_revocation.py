@@ -53,6 +53,7 @@ def test_revoked_certificate_cannot_connect_and_others_still_can(broker: SecureB
     _wait_reloaded(broker, 1)
     outcome, peer = try_connect(broker, broker.files("r1"), "r1")
     assert peer is None and not outcome.connected, outcome
+    assert "certificate verify failed" in broker.log.read_text()  # the CRL, at the handshake
     connect(broker, broker.files("ok1"), "ok1").close()
 
 
@@ -116,11 +117,12 @@ def _measure_cutoff(broker: SecureBroker, server: Peer, device_id: str) -> tuple
     before = [t for t in got if t < t0]
     assert len(before) > 50, "the stream did not reach the device before revocation"
     after = [t for t in got if t >= t0]
-    cutoff = max(after, default=t0) - t0
-    # Nothing sent well after the cutoff arrived, and the cut is not a gap in the stream.
-    assert cutoff < 0.4, cutoff
-    assert len([t for t in sent if t > t0 + cutoff + 0.05]) > 100
-    return cutoff, t_hup - t0
+    last = max(after, default=t0)
+    # The broker cut the session within 0.2 s of the SIGHUP (in practice: before the next
+    # message), and the stream went on long after the cut, so the cut is not a pause.
+    assert last < t_hup + 0.2, (last - t_hup, t_hup - t0)
+    assert len([t for t in sent if t > last + 0.05]) > 100
+    return last - t0, t_hup - t0
 
 
 def test_connected_device_loses_its_topics_within_milliseconds_of_revocation(
@@ -133,7 +135,9 @@ def test_connected_device_loses_its_topics_within_milliseconds_of_revocation(
         server.close()
     cut = sorted(round(c * 1000, 1) for c, _ in runs)
     hup = sorted(round(h * 1000, 1) for _, h in runs)
+    after_hup = sorted(round((c - h) * 1000, 2) for c, h in runs)
     print(
         f"\nrevocation: revoke() -> last message delivered, ms {cut} (median "
-        f"{statistics.median(cut)}); of which revoke+CRL+ACL writes until SIGHUP, ms {hup}"
+        f"{statistics.median(cut)}); revoke+CRL+ACL writes until SIGHUP, ms {hup}; "
+        f"SIGHUP -> last message sent that was still delivered, ms {after_hup}"
     )
