@@ -25,16 +25,26 @@ class ModelVersionOut(BaseModel):
     sha256: str
     size: int
     opset: int
+    opsets: dict[str, int] = Field(description='every operator domain\'s opset; "" = ai.onnx')
     ort_min: str
     inputs: list[TensorOut]
     outputs: list[TensorOut]
     parity: dict[str, Any]
     framework: dict[str, Any]
     lineage: dict[str, Any]
+    latency: dict[str, Any] = Field(
+        description="measured on the server at publish: single-row p50 and batch throughput"
+    )
     tags: list[str]
+    stage: str = Field(description="none, staging, production or archived")
+    variant: str = Field(description="base, or the optimized variant's kind")
+    base_version: int | None = Field(None, description="the version a variant was built from")
+    variants: list[int] = Field(default_factory=list, description="versions built from this")
     created_at: datetime
     published_by: str
     deprecated: bool
+    deprecated_reason: str = ""
+    deprecated_at: datetime | None = None
 
 
 class ModelSummaryOut(BaseModel):
@@ -42,6 +52,13 @@ class ModelSummaryOut(BaseModel):
     latest_version: int
     versions: int
     updated_at: datetime
+    production_version: int | None = None
+    staging_versions: list[int] = Field(default_factory=list)
+    deprecated_versions: list[int] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="tags of any version")
+    matching_versions: list[int] = Field(
+        default_factory=list, description="versions that match the listing's filters"
+    )
 
 
 class EnrollmentTokenIn(Strict):

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -45,7 +55,17 @@ class AuditRecord(Base):
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        # At most one production version per model name, even across server replicas.
+        Index(
+            "uq_model_versions_production",
+            "name",
+            unique=True,
+            sqlite_where=text("stage = 'production'"),
+            postgresql_where=text("stage = 'production'"),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), index=True)
     version: Mapped[int] = mapped_column(Integer)
@@ -64,6 +84,16 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_by: Mapped[str] = mapped_column(String(120))
     deprecated: Mapped[bool] = mapped_column(default=False)
+    # 0002: stages, variants, every opset, latency measured at publish, deprecation note.
+    stage: Mapped[str] = mapped_column(
+        String(20), default="none", server_default="none", index=True
+    )
+    variant: Mapped[str] = mapped_column(String(20), default="base", server_default="base")
+    base_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    opsets: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    latency: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    deprecated_reason: Mapped[str] = mapped_column(String(500), default="", server_default="")
+    deprecated_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Device(Base):
