@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -73,6 +74,7 @@ class Agent:
         self.summarizers: dict[str, Any] = {}
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
+        self.instance = secrets.token_hex(8)  # tells two copies of one identity apart
         self._triggers: queue.Queue[str] = queue.Queue()
         self._inflight: dict[int, float] = {}
         self._inflight_lock = threading.Lock()
@@ -298,6 +300,7 @@ class Agent:
         stats = self.outbox.stats()
         return {
             "state": "updating" if self.state.step else "online",
+            "instance": self.instance,
             "models": dict(self.state.active),
             "inference_counts": counts,
             "latency": self.latency.snapshot_and_reset(),

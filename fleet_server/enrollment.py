@@ -81,3 +81,47 @@ def enroll_device(
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def renew_certificate(
+    services: FleetServices,
+    session: Session,
+    *,
+    device_id: str,
+    csr_pem: bytes,
+    current_pem: bytes,
+) -> bytes:
+    """Issue a new certificate for the key of a device's current, valid certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fleet_server.ca import CertificateError, cert_info, verify_csr
+
+    device = session.get(Device, device_id)
+    refused = EnrollmentRefusedError("certificate renewal refused")
+    if device is None or device.revoked_at is not None:
+        raise refused
+    try:
+        cn, serial, not_after = cert_info(current_pem)
+        current = x509.load_pem_x509_certificate(current_pem)
+        csr = verify_csr(csr_pem, device_id)
+        ca_key = services.ca.certificate.public_key()
+        assert isinstance(ca_key, ec.EllipticCurvePublicKey)
+        # Guards against a forged "current" certificate: the fleet CA must have signed it.
+        current.verify_directly_issued_by(services.ca.certificate)
+    except (CertificateError, ValueError, TypeError) as e:
+        raise InvalidRequestError(f"bad renewal request: {e}") from e
+    # Guards against renewing someone else's, an old or an expired certificate: it must be
+    # the one on record for this device and still valid.
+    if cn != device_id or str(serial) != device.cert_serial or not_after <= utcnow():
+        raise refused
+    if serial in services.ca.revoked_serials():
+        raise refused
+    # Proof of possession: the CSR (signed by its key, checked by verify_csr) must carry the
+    # same public key as the current certificate, so a stolen certificate alone buys nothing.
+    if csr.public_key().public_numbers() != current.public_key().public_numbers():  # type: ignore[union-attr]
+        raise refused
+    cert = services.ca.sign_csr(csr_pem, device_id, days=services.settings.cert_days)
+    _, new_serial, new_not_after = cert_info(cert)
+    device.cert_serial, device.cert_not_after = str(new_serial), new_not_after
+    return cert

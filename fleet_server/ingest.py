@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from edge_agent import protocol
 from edge_agent.exceptions import ProtocolError
 from fleet_server.alerting import raise_alert
+from fleet_server.identity_watch import IdentityWatch
 from fleet_server.tables import Deployment, DeploymentDevice, Device, Telemetry, utcnow
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ def parse_uplinks(batch: list[tuple[str, bytes]]) -> list[protocol.Envelope]:
     return out
 
 
-def ingest(session: Session, envelopes: list[protocol.Envelope]) -> dict[str, list[int]]:
+def ingest(
+    session: Session, envelopes: list[protocol.Envelope], watch: IdentityWatch | None = None
+) -> dict[str, list[int]]:
     """Store envelopes once each; return the seqs to acknowledge per device."""
     by_device: dict[str, list[protocol.Envelope]] = defaultdict(list)
     for env in envelopes:
@@ -73,12 +76,14 @@ def ingest(session: Session, envelopes: list[protocol.Envelope]) -> dict[str, li
         device = known[device_id]
         for env in sorted(envs, key=lambda e: e.seq):
             if (device_id, env.seq) in fresh:  # side effects once, in sequence order
-                _apply(session, device, env)
+                _apply(session, device, env, watch)
         acks[device_id] = [e.seq for e in envs]
     return acks
 
 
-def _apply(session: Session, device: Device, env: protocol.Envelope) -> None:
+def _apply(
+    session: Session, device: Device, env: protocol.Envelope, watch: IdentityWatch | None
+) -> None:
     when = datetime.fromtimestamp(env.ts, timezone.utc)
     device.last_seen = max(_aware(device.last_seen), when) if device.last_seen else when
     if env.kind == "heartbeat":
@@ -87,6 +92,16 @@ def _apply(session: Session, device: Device, env: protocol.Envelope) -> None:
             device.models = models
         device.last_heartbeat = env.body
         device.state = str(env.body.get("state", "online"))[:20]
+        instance = env.body.get("instance")
+        if watch is not None and isinstance(instance, str) and watch.observe(device.id, instance):
+            raise_alert(
+                session,
+                "duplicate_identity",
+                f"{device.id}: one certificate is in use by two agents at once",
+                device_id=device.id,
+                severity="critical",
+                detail={"instance": instance},
+            )
     elif env.kind == "deployment":
         _apply_deployment(session, device, env.body)
     elif env.kind == "alert":

@@ -87,6 +87,16 @@ class EnrollOut(BaseModel):
     api_url: str
 
 
+class RenewIn(Strict):
+    csr: str = Field(max_length=8192)
+    certificate: str = Field(max_length=16384, description="the current certificate (PEM)")
+
+
+class RenewOut(BaseModel):
+    certificate: str
+    ca_certificate: str
+
+
 class DeviceOut(BaseModel):
     id: str
     group: str
@@ -95,6 +105,7 @@ class DeviceOut(BaseModel):
     last_seen: datetime | None
     created_at: datetime
     cert_not_after: datetime | None
+    cert_expires_soon: bool = False
     revoked: bool
     last_heartbeat: dict[str, Any] | None = None
 

@@ -8,13 +8,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from edge_agent import protocol
 from fleet_server.broker import EmbeddedBroker
 from fleet_server.db import Database, try_job_lock
+from fleet_server.identity_watch import IdentityWatch
 from fleet_server.ingest import ingest, parse_uplinks
 from fleet_server.limits import RateLimiter
 from fleet_server.mqtt_service import ServerMqtt, UplinkQueue
 from fleet_server.settings import Settings
+from fleet_server.tables import Device
 
 if TYPE_CHECKING:
     from fleet_server.tuf_repo import TufRepository
@@ -43,6 +48,7 @@ class FleetServices:
         self.ca = FleetCA.load(ca_dir(settings.data_dir))
         self.publish_lock = threading.RLock()
         self.uplinks = UplinkQueue()
+        self.identity_watch = IdentityWatch()
         self.publish_limiter = RateLimiter(settings.publish_rate_per_minute)
         self.broker: EmbeddedBroker | None = None
         self.mqtt: ServerMqtt | None = None
@@ -108,6 +114,22 @@ class FleetServices:
         t.start()
         self._threads.append(t)
 
+    def apply_revocations(self, session: Session) -> None:
+        """Push every revoked identity to the broker: CRL (new handshakes) and ACL (live
+        sessions), then SIGHUP. Without a managed broker dir the CRL is all there is."""
+        if not self.settings.broker_dir:
+            return
+        from fleet_server.broker_config import apply_revocations
+
+        revoked = session.scalars(select(Device.id).where(Device.revoked_at.is_not(None))).all()
+        pid = None
+        if self.settings.broker_pid_file:
+            try:
+                pid = int(Path(self.settings.broker_pid_file).read_text().strip())
+            except (OSError, ValueError) as e:
+                log.error("cannot read the broker pid: %s (reload the broker by hand)", e)
+        apply_revocations(Path(self.settings.broker_dir), self.ca, revoked, pid=pid)
+
     def notify(self, device_ids: list[str]) -> None:
         """Tell devices to run an update cycle (an unsigned hint; the assignment is signed)."""
         assert self.mqtt is not None
@@ -123,7 +145,7 @@ class FleetServices:
             try:
                 envs = parse_uplinks(batch)
                 with self.db.begin() as session:
-                    acks = ingest(session, envs)
+                    acks = ingest(session, envs, self.identity_watch)
             except Exception:  # a bad batch must not stop ingestion; agents resend
                 log.exception("ingest failed for a batch of %d", len(batch))
                 continue

@@ -37,6 +37,9 @@ class Settings:
     mqtt_tls_ca: str = ""
     mqtt_tls_cert: str = ""
     mqtt_tls_key: str = ""
+    broker_dir: str = ""  # written by `fleet-server broker-config`: revocations go there
+    broker_pid_file: str = ""  # Mosquitto's pid file: SIGHUP after a revocation
+    cert_renew_days: int = 30  # devices renew their certificate this long before expiry
     timestamp_refresh_s: float = 3600.0
     staleness_s: float = 300.0
     max_upload_bytes: int = 200 * 1024 * 1024

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
+
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
@@ -14,7 +16,16 @@ from fleet_server.tables import Device, Telemetry, utcnow
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
 
-def _out(d: Device, full: bool = False) -> DeviceOut:
+def _expires_soon(d: Device, days: int) -> bool:
+    if d.cert_not_after is None or d.revoked_at is not None:
+        return False
+    not_after = d.cert_not_after
+    if not_after.tzinfo is None:
+        not_after = not_after.replace(tzinfo=timezone.utc)
+    return not_after - utcnow() <= timedelta(days=days)
+
+
+def _out(d: Device, full: bool = False, renew_days: int = 30) -> DeviceOut:
     return DeviceOut(
         id=d.id,
         group=d.group,
@@ -23,6 +34,8 @@ def _out(d: Device, full: bool = False) -> DeviceOut:
         last_seen=d.last_seen,
         created_at=d.created_at,
         cert_not_after=d.cert_not_after,
+        # Expired certificates take fleets down: flag them while the device can still renew.
+        cert_expires_soon=_expires_soon(d, renew_days),
         revoked=d.revoked_at is not None,
         last_heartbeat=d.last_heartbeat if full else None,
     )
@@ -74,6 +87,8 @@ def revoke_device(
         device.revoked_at = utcnow()
         if device.cert_serial:
             services.ca.revoke(int(device.cert_serial))
+        session.flush()
+        services.apply_revocations(session)
         audit(session, actor.name, "device.revoke", device_id, remote(request))
         session.commit()
     return _out(device, full=True)

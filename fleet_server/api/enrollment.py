@@ -9,8 +9,15 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet_server.api.deps import Enroller, ServicesDep, SessionDep, remote
 from fleet_server.auth import audit
-from fleet_server.enrollment import create_enrollment_token, enroll_device
-from fleet_server.schemas import EnrollIn, EnrollmentTokenIn, EnrollmentTokenOut, EnrollOut
+from fleet_server.enrollment import create_enrollment_token, enroll_device, renew_certificate
+from fleet_server.schemas import (
+    EnrollIn,
+    EnrollmentTokenIn,
+    EnrollmentTokenOut,
+    EnrollOut,
+    RenewIn,
+    RenewOut,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["enrollment"])
 
@@ -51,3 +58,21 @@ async def enroll(
     audit(session, f"device:{out.device_id}", "device.enroll", out.device_id, remote(request))
     session.commit()
     return out
+
+
+@router.post("/devices/{device_id}/certificate", response_model=RenewOut)
+def renew(
+    device_id: str, body: RenewIn, request: Request, services: ServicesDep, session: SessionDep
+) -> RenewOut:
+    """Called by the agent before its certificate expires. Authenticated by possession of
+    the device key: the CSR must carry the key of the current certificate on record."""
+    cert = renew_certificate(
+        services,
+        session,
+        device_id=device_id,
+        csr_pem=body.csr.encode(),
+        current_pem=body.certificate.encode(),
+    )
+    audit(session, f"device:{device_id}", "device.renew", device_id, remote(request))
+    session.commit()
+    return RenewOut(certificate=cert.decode(), ca_certificate=services.ca.cert_pem.decode())
