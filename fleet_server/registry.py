@@ -453,7 +453,8 @@ def variants_of(session: Session, name: str) -> dict[int, list[int]]:
         .where(ModelVersion.name == name, ModelVersion.base_version.is_not(None))
         .order_by(ModelVersion.version)
     ):
-        out.setdefault(int(b), []).append(int(v))
+        if b is not None:
+            out.setdefault(b, []).append(v)
     return out
 
 

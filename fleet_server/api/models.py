@@ -298,7 +298,7 @@ async def post_variant(
 ) -> ModelVersionOut:
     """Build the optimized variant of a base version (quantized when smaller and within
     tolerance, else graph-optimized) and register it as a new version."""
-    body = body or VariantIn()
+    body = body or VariantIn.model_validate({})
     _rate_limit(services, actor.name)
     row = await run_in_threadpool(
         publish_variant,
