@@ -52,11 +52,11 @@ def measure_latency(
     feed: dict[str, np.ndarray],
     *,
     batch_rows: int = LATENCY_BATCH_ROWS,
-    single_budget_s: float = 0.25,
-    batch_budget_s: float = 0.5,
+    single_budget_s: float = 0.2,
+    batch_budget_s: float = 0.4,
 ) -> dict[str, Any]:
     """Single-row p50/p90 and batch throughput under onnxruntime, one intra-op thread (as
-    agents run it). Bounded by time budgets (about 0.75 s plus one warm-up run each)."""
+    agents run it). Bounded by time budgets (about 0.6 s plus one warm-up run each)."""
     import onnxruntime
 
     from converters.runtime import run, session

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -17,6 +17,13 @@ class TensorOut(BaseModel):
     name: str
     datatype: str
     shape: list[int]
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    """SQLite gives back naive datetimes; they were stored in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 class ModelVersionOut(BaseModel):
@@ -46,6 +53,8 @@ class ModelVersionOut(BaseModel):
     deprecated_reason: str = ""
     deprecated_at: datetime | None = None
 
+    _utc = field_validator("created_at", "deprecated_at")(lambda v: _as_utc(v))
+
 
 class ModelSummaryOut(BaseModel):
     name: str
@@ -59,6 +68,8 @@ class ModelSummaryOut(BaseModel):
     matching_versions: list[int] = Field(
         default_factory=list, description="versions that match the listing's filters"
     )
+
+    _utc = field_validator("updated_at")(lambda v: _as_utc(v))
 
 
 class EnrollmentTokenIn(Strict):
