@@ -34,6 +34,7 @@ class AgentConfig:
     summary_window_s: float = 300.0
     update_check_s: float = 300.0
     fetch_timeout_s: float = 30.0
+    cert_renew_days: float = 30.0  # renew the device certificate this long before expiry
     keep_versions: int = 3
     min_free_bytes: int = 50 * 1024 * 1024
     outbox_max_bytes: int = 20 * 1024 * 1024

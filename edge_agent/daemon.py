@@ -91,7 +91,6 @@ class Agent:
     # -- start / stop ---------------------------------------------------------------------
     def start(self) -> None:
         from edge_agent.http_api import start_api
-        from edge_agent.mqtt_link import MqttLink, TlsFiles
 
         self._load_active()
         self.api = start_api(
@@ -103,13 +102,7 @@ class Agent:
             max_body_bytes=self.config.max_request_bytes,
         )
         atomic_write(self.config.data_dir / "api.port", str(self.api.port).encode())
-        tls = None
-        if self.config.mqtt_tls or self.config.mqtt_url.startswith("mqtts://"):
-            ident = identity_dir(self.config.data_dir)
-            tls = TlsFiles(ca=ident / "ca.pem", cert=ident / "cert.pem", key=ident / "key.pem")
-        self.link = MqttLink(self.config.mqtt_url, self.device_id, tls=tls)
-        self.link.subscribe(protocol.device_topic(self.device_id, "notify"), self._on_notify)
-        self.link.subscribe(protocol.device_topic(self.device_id, "ack"), self._on_ack)
+        self.link = self._make_link()
         self.link.start()
         if self.state.step is not None:  # interrupted by a crash or power loss
             self.runner.resume(self.state)
@@ -124,6 +117,18 @@ class Agent:
             self._threads.append(t)
         _sd_notify("READY=1")
         log.info("agent %s serving on 127.0.0.1:%s", self.device_id, self.api.port)
+
+    def _make_link(self) -> Any:
+        from edge_agent.mqtt_link import MqttLink, TlsFiles
+
+        tls = None
+        if self.config.mqtt_tls or self.config.mqtt_url.startswith("mqtts://"):
+            ident = identity_dir(self.config.data_dir)
+            tls = TlsFiles(ca=ident / "ca.pem", cert=ident / "cert.pem", key=ident / "key.pem")
+        link = MqttLink(self.config.mqtt_url, self.device_id, tls=tls)
+        link.subscribe(protocol.device_topic(self.device_id, "notify"), self._on_notify)
+        link.subscribe(protocol.device_topic(self.device_id, "ack"), self._on_ack)
+        return link
 
     def stop(self) -> None:
         self._stop.set()
@@ -284,9 +289,38 @@ class Agent:
         self._wake_sender()
 
     # -- telemetry ------------------------------------------------------------------------
+    def _check_certificate(self) -> None:
+        """Renew the device certificate before it expires, then reconnect with it."""
+        from edge_agent.renewal import renew_if_due
+
+        if (
+            not self.config.server_url
+            or not (identity_dir(self.config.data_dir) / "cert.pem").exists()
+        ):
+            return
+        try:
+            renewed = renew_if_due(
+                self.config.server_url,
+                self.device_id,
+                identity_dir(self.config.data_dir),
+                within_days=self.config.cert_renew_days,
+            )
+        except EdgeAgentError as e:
+            log.warning("certificate renewal: %s (the current one stays in use)", e)
+            return
+        if renewed and self.link is not None and self.config.mqtt_url.startswith("mqtts://"):
+            old, self.link = self.link, self._make_link()
+            self.link.start()
+            old.stop()
+
     def _telemetry_loop(self) -> None:
         last_summary = time.monotonic()
+        last_cert_check = time.monotonic()
+        self._check_certificate()
         while not self._stop.wait(self.config.heartbeat_s):
+            if time.monotonic() - last_cert_check > 6 * 3600:
+                last_cert_check = time.monotonic()
+                self._check_certificate()
             self._send_heartbeat()
             if time.monotonic() - last_summary >= self.config.summary_window_s:
                 last_summary = time.monotonic()

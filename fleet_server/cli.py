@@ -107,14 +107,48 @@ def broker_config(
     data_dir: DataDir,
     out: Annotated[Path, typer.Option("--out", help="directory for mosquitto.conf and friends")],
     port: Annotated[int, typer.Option(help="TLS listener port")] = 8883,
+    hostname: Annotated[
+        list[str], typer.Option(help="broker host names for its certificate (repeat)")
+    ] = ["localhost", "127.0.0.1"],  # noqa: B006
+    user: Annotated[str, typer.Option(help="system user Mosquitto runs as")] = "mosquitto",
+    bind: Annotated[str, typer.Option(help="listener address")] = "0.0.0.0",
 ) -> None:
-    """Write a production Mosquitto 2 configuration (mTLS, ACL patterns, CRL)."""
+    """Write a production Mosquitto 2 configuration (mTLS, ACL patterns, CRL) and the
+    server's own broker identity; print the server settings that use them."""
+    write_broker_config(data_dir, out, port=port, hostnames=tuple(hostname), user=user, bind=bind)
+
+
+def write_broker_config(
+    data_dir: Path, out: Path, *, port: int, hostnames: tuple[str, ...], user: str, bind: str,
+    quiet: bool = False,
+) -> dict[str, str]:
+    """Broker files plus ``out/fleet-server/{cert,key}.pem``; returns the server settings."""
     from fleet_server.broker_config import write_mosquitto_config
     from fleet_server.ca import FleetCA
     from fleet_server.services import ca_dir
 
-    paths = write_mosquitto_config(out, ca=FleetCA.load(ca_dir(data_dir)), port=port)
-    console.print(f"wrote {paths}")
+    ca = FleetCA.load(ca_dir(data_dir))
+    paths = write_mosquitto_config(out, ca=ca, port=port, hostnames=hostnames, user=user, bind=bind)
+    ident = out / "fleet-server"
+    ident.mkdir(parents=True, exist_ok=True)
+    cert, key = ca.issue_client_cert_for_server("fleet-server")
+    (ident / "cert.pem").write_bytes(cert)
+    (ident / "key.pem").write_bytes(key)
+    (ident / "key.pem").chmod(0o600)
+    settings = {
+        "mqtt_url": f"mqtts://{hostnames[0]}:{port}",
+        "mqtt_tls_ca": str(paths.ca.absolute()),
+        "mqtt_tls_cert": str((ident / "cert.pem").absolute()),
+        "mqtt_tls_key": str((ident / "key.pem").absolute()),
+        "broker_dir": str(out.absolute()),
+    }
+    if not quiet:
+        console.print(f"wrote {paths.conf} (run: mosquitto -c {paths.conf})")
+        console.print(f"add to {data_dir / 'server.toml'}:")
+        for k, v in settings.items():
+            print(f'{k} = "{v}"')
+        print('broker_pid_file = "/run/mosquitto/mosquitto.pid"  # so revocations reload it')
+    return settings
 
 
 def main() -> None:

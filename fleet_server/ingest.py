@@ -77,6 +77,8 @@ def ingest(
         for env in sorted(envs, key=lambda e: e.seq):
             if (device_id, env.seq) in fresh:  # side effects once, in sequence order
                 _apply(session, device, env, watch)
+            elif env.kind == "heartbeat" and isinstance(env.body.get("instance"), str):
+                _check_resend(session, device, env)
         acks[device_id] = [e.seq for e in envs]
     return acks
 
@@ -111,6 +113,23 @@ def _apply(
             f"{device.id} refused an update: {env.body.get('reason', '')}",
             device_id=device.id,
             detail=env.body,
+        )
+
+
+def _check_resend(session: Session, device: Device, env: protocol.Envelope) -> None:
+    """A resend carries the same instance; another instance with the same sequence number
+    means two agents share one identity (a copied data dir or a stolen key)."""
+    stored = session.scalar(
+        select(Telemetry.body).where(Telemetry.device_id == device.id, Telemetry.seq == env.seq)
+    )
+    if isinstance(stored, dict) and stored.get("instance") not in (None, env.body["instance"]):
+        raise_alert(
+            session,
+            "duplicate_identity",
+            f"{device.id}: two agents send under one identity (sequence {env.seq} seen twice)",
+            device_id=device.id,
+            severity="critical",
+            detail={"instances": [stored.get("instance"), env.body["instance"]]},
         )
 
 
