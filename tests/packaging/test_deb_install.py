@@ -69,7 +69,10 @@ def _report(line: str) -> None:
 def _print_measurements(pytestconfig: pytest.Config) -> Iterator[None]:
     yield
     terminal = pytestconfig.pluginmanager.getplugin("terminalreporter")
-    if terminal is not None and _REPORT:
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    if terminal is None or capture is None or not _REPORT:
+        return
+    with capture.global_and_fixture_disabled():  # shown even without -s
         terminal.write_line("")
         for line in _REPORT:
             terminal.write_line(f"[packaging] {line}")
@@ -96,8 +99,10 @@ class Installed:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     out = tmp_path_factory.mktemp("deb")
     started = time.monotonic()
+    # gzip, not the release's xz: the same files, built in ~20 s instead of ~70-150 s.
+    compress = os.environ.get("EDGEFLEET_DEB_COMPRESS", "gzip")
     done = subprocess.run(
-        ["bash", str(BUILD), "--out", str(out)],
+        ["bash", str(BUILD), "--out", str(out), "--compress", compress],
         env={**os.environ, "BUILD_PY": sys.executable},
         capture_output=True,
         text=True,
@@ -108,8 +113,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     assert len(debs) == 1, debs
     built = Built(debs[0], time.monotonic() - started)
     _report(
-        f"built {built.deb.name}: {built.deb.stat().st_size / 2**20:.1f} MiB in "
-        f"{built.build_s:.0f} s"
+        f"built {built.deb.name} ({compress}): {built.deb.stat().st_size / 2**20:.1f} MiB "
+        f"in {built.build_s:.0f} s"
     )
     return built
 
@@ -254,6 +259,24 @@ def _infer(port: int, name: str, rows: list[list[float]]) -> dict[str, Any]:
     return answer
 
 
+_DEVICE_ID_PROBE = """
+import sys
+from pathlib import Path
+from edge_agent.config import AgentConfig
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+print(AgentConfig.load(Path(args["--data-dir"]), Path(args["--config"])).device_id)
+"""
+
+
+def _wait_serving(agent: subprocess.Popen[bytes], data_dir: Path, log: Path) -> None:
+    """Fail at once, with the agent's own words, if it exits instead of serving."""
+    deadline = time.monotonic() + 60
+    while not (data_dir / "api.port").exists():
+        assert agent.poll() is None, f"the installed agent exited: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"agent API never came up: {log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
 def test_installed_agent_enrolls_and_activates_a_deployed_model(
     installed: Installed, tmp_path: Path
 ) -> None:
@@ -282,10 +305,22 @@ def test_installed_agent_enrolls_and_activates_a_deployed_model(
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         env.pop("NOTIFY_SOCKET", None)
-        agent = subprocess.Popen(
-            _exec_start(data_dir), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
+        argv = _exec_start(data_dir)
+        # The unit passes --config /etc/edge-agent/agent.toml: the identity that enrollment
+        # wrote into DATA_DIR/agent.toml must still be seen under it.
+        seen = subprocess.run(
+            [str(PREFIX / "bin" / "python"), "-I", "-c", _DEVICE_ID_PROBE, *argv[2:]],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert seen.stdout.strip() == "deb-device", (
+            "with the unit's --config /etc/edge-agent/agent.toml the agent does not see the "
+            f"enrolled identity in {data_dir}/agent.toml (device_id={seen.stdout.strip()!r}, "
+            f"{seen.stderr.strip()[-500:]}): AgentConfig.load must read DATA_DIR/agent.toml "
+            "and then --config on top"
         )
+        agent = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
         try:
+            _wait_serving(agent, data_dir, log)
             dep = fleet.client.deploy("cancer", 1, devices=["deb-device"])
             dep = fleet.client.wait_deployment(dep["id"], timeout=120)
             statuses = {d["device"]: d["status"] for d in dep["devices"]}
