@@ -128,7 +128,7 @@ class Target(Strict):
 
 class DeploymentIn(Strict):
     model: str = Field(max_length=63)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
     target: Target
 
     model_config = ConfigDict(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -80,7 +81,12 @@ def list_tokens(session: SessionDep, actor: Admin) -> list[ApiToken]:
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: int, request: Request, session: SessionDep, actor: Admin) -> ApiToken:
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    request: Request,
+    session: SessionDep,
+    actor: Admin,
+) -> ApiToken:
     row = _get(session, token_id)
     if row.revoked_at is None:
         row.revoked_at = utcnow()
@@ -90,7 +96,12 @@ def revoke_token(token_id: int, request: Request, session: SessionDep, actor: Ad
 
 
 @router.post("/tokens/{token_id}/rotate", status_code=201, response_model=NewTokenOut)
-def rotate_token(token_id: int, request: Request, session: SessionDep, actor: Admin) -> NewTokenOut:
+def rotate_token(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    request: Request,
+    session: SessionDep,
+    actor: Admin,
+) -> NewTokenOut:
     """Revoke a token and issue a new one with the same name, role and lifetime."""
     old = _get(session, token_id)
     ttl = (old.expires_at - old.created_at) if old.expires_at else None
