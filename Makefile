@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check bench clean
+.PHONY: demo test check bench deb clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ check: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+deb:  ## the agent's .deb into dist/ (ARCH=arm64 builds for arm64 from amd64)
+	bash packaging/build-deb.sh --out dist $(if $(ARCH),--arch $(ARCH))
 
 clean:
 	rm -rf $(VENV) demo-data build *.egg-info

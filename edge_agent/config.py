@@ -48,13 +48,18 @@ class AgentConfig:
 
     @classmethod
     def load(cls, data_dir: Path, config_file: Path | None = None) -> AgentConfig:
-        path = config_file or data_dir / CONFIG_NAME
+        """Defaults, ``DATA_DIR/agent.toml`` (written at enrollment), then ``config_file``
+        (the operator's, e.g. /etc/edge-agent/agent.toml), then the environment."""
+        paths = [data_dir / CONFIG_NAME]
+        if config_file is not None and config_file != paths[0]:
+            paths.append(config_file)
         values: dict[str, Any] = {}
-        if path.exists():
-            try:
-                values.update(tomllib.loads(path.read_text()))
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"{path}: {e}") from e
+        for path in paths:
+            if path.exists():
+                try:
+                    values.update(tomllib.loads(path.read_text()))
+                except tomllib.TOMLDecodeError as e:
+                    raise ConfigError(f"{path}: {e}") from e
         known = {f.name for f in fields(cls)} - {"data_dir"}
         for name in known:
             env = os.environ.get(ENV_PREFIX + name.upper())
@@ -63,7 +68,8 @@ class AgentConfig:
         values.pop("data_dir", None)
         unknown = set(values) - known
         if unknown:
-            raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+            where = " or ".join(map(str, paths))
+            raise ConfigError(f"unknown settings in {where}: {', '.join(sorted(unknown))}")
         base = cls(data_dir=data_dir)
         typed: dict[str, Any] = {}
         for name, value in values.items():
