@@ -10,12 +10,23 @@ verified version active and the deployment reported as committed, failed or roll
 
 Until ``switching`` the old model serves and nothing needs undoing: a failure ends in
 ``failed``. ``switching`` writes the new active version and the next state in one atomic
-replace of ``state.json``.
+replace of ``state.json``; when it fails, the saved state names the previous version again,
+so a crash in ``rolling_back`` restarts on the old model.
+
+A deployment that ended (committed, failed or rolled back) is remembered per model, so a
+later assignment that still lists it (any other change bumps the serial) does not retry it;
+deploying again makes a new deployment.
+
+Test seams (environment of the agent process): ``EDGE_AGENT_TEST_FAIL_IN=<state>`` makes
+that state fail after doing its work (``switching`` fails with the new model swapped in, so
+``rolling_back`` has something to undo); the crash seam lives in ``edge_agent.daemon``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +39,7 @@ from edge_agent.store import AgentState, ModelStore, UpdateStep
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # stops a crash loop in one state
+FAIL_SEAM_ENV = "EDGE_AGENT_TEST_FAIL_IN"
 
 # (state, event) -> next state
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -87,16 +99,36 @@ class UpdateRunner:
         reporter: Reporter,
         activator: Activator,
         crash_hook: Callable[[str], None] | None = None,
+        *,
+        min_free_bytes: int = 0,
+        fail_in: str | None = None,
     ) -> None:
         self.store = store
         self.reporter = reporter
         self.activator = activator
+        self.min_free_bytes = max(0, int(min_free_bytes))
         self._crash_hook = crash_hook  # tests: kill the process in a given state
+        # tests: make one state fail after its work (see the module docstring)
+        self._fail_in = fail_in if fail_in is not None else os.environ.get(FAIL_SEAM_ENV, "")
         self._package: protocol.ModelPackage | None = None
         self._fetched: Path | None = None
         self._warm: object | None = None
 
     def begin(self, state: AgentState, model: protocol.AssignedModel) -> None:
+        """Save a new step for ``model``; a no-op for a deployment that already ended."""
+        if state.step is not None:
+            raise RuntimeError("an update is already in progress")
+        if state.concluded.get(model.name) == model.deployment:
+            log.info("deployment %s of %s already ended", model.deployment, model.name)
+            return
+        if state.active.get(model.name) == model.version:
+            # Already serving it (a re-deployment of the active version): report, done.
+            step = UpdateStep(model.deployment, model.name, model.version, model.package, "")
+            state.deployments[model.name] = model.deployment
+            state.concluded[model.name] = model.deployment
+            self.store.save_state(state)
+            self.reporter.deployment(step, "active")
+            return
         state.step = UpdateStep(
             deployment=model.deployment,
             name=model.name,
@@ -104,6 +136,7 @@ class UpdateRunner:
             package=model.package,
             state="fetching",
             previous=state.active.get(model.name),
+            previous_deployment=state.deployments.get(model.name, ""),
         )
         self.store.save_state(state)
         self.reporter.deployment(state.step, "downloading")
@@ -133,20 +166,35 @@ class UpdateRunner:
             except EdgeAgentError as e:
                 step.reason, step.message, event = "internal", str(e), "fail"
             except OSError as e:
-                step.reason = "disk_full" if e.errno == 28 else "internal"
+                step.reason = "disk_full" if e.errno == errno.ENOSPC else "internal"
                 step.message, event = str(e), "fail"
             nxt = TRANSITIONS[(step.state, event)]
             log.info("update %s:%s %s --%s--> %s", step.name, step.version, step.state, event, nxt)
             if nxt == "idle":
+                state.concluded[step.name] = step.deployment
                 state.step = None
             else:
                 step.state = nxt
             self.store.save_state(state)
 
+    def _seam(self, s: str) -> None:
+        if self._fail_in == s and (s, "fail") in TRANSITIONS:
+            raise UpdateError("internal", f"test seam: {FAIL_SEAM_ENV}={s}")
+
+    def _check_free(self, need: int, what: str) -> None:
+        free = self.store.free_bytes()
+        if free - need < self.min_free_bytes:
+            raise UpdateError(
+                "disk_full",
+                f"{what}: {free} bytes free, needs {need} + {self.min_free_bytes} kept free",
+            )
+
     def _act(self, state: AgentState, step: UpdateStep, fetcher: Fetcher) -> str:
         s = step.state
         if s == "fetching":
             self._package = fetcher.package(step.package)
+            # Refuse before downloading when the disk is already below its reserve.
+            self._check_free(0, "before the download")
             self._fetched = fetcher.model_file(self._package)
         elif s == "verifying":
             assert self._package is not None
@@ -157,9 +205,10 @@ class UpdateRunner:
             if self._package is None or self._fetched is None:
                 self._package = fetcher.package(step.package)
                 self._fetched = fetcher.model_file(self._package)
-            if self.store.free_bytes() < self._fetched.stat().st_size * 2:
-                raise UpdateError("disk_full", "not enough free space to stage the model")
+            self._check_free(self._fetched.stat().st_size, "staging the model")
             self.store.install(self._package, self._package.to_bytes(), self._fetched)
+            # The store holds the verified copy now; the download would only fill the disk.
+            self._fetched.unlink(missing_ok=True)
         elif s == "warming":
             installed = self.store.installed(step.name, step.version)
             if installed is None:
@@ -171,21 +220,36 @@ class UpdateRunner:
                 if installed is None:
                     raise UpdateError("internal", "staged model is missing")
                 self._warm = self.activator.warm(*installed)
+            warm, self._warm = self._warm, None
+            self.activator.switch(warm)
             state.active[step.name] = step.version
             state.deployments[step.name] = step.deployment
-            self.activator.switch(self._warm)
-            self._warm = None
+            try:
+                self._seam(s)
+            except UpdateError:
+                # The saved rolling_back state must name the previous version as active.
+                self._set_active(state, step)
+                raise
+            return "ok"
         elif s == "committed":
             self.reporter.deployment(step, "active")
-            keep = {step.version} if step.previous is None else {step.version, step.previous}
-            self.store.prune(step.name, keep=keep)
+            self.store.prune(step.name, keep={v for v in (step.version, step.previous) if v})
         elif s == "failed":
             self.reporter.deployment(step, "failed")
         elif s == "rolling_back":
-            if step.previous is None:
-                state.active.pop(step.name, None)
-            else:
-                state.active[step.name] = step.previous
+            self._set_active(state, step)
             self.activator.restore(step.name, step.previous)
             self.reporter.deployment(step, "rolled_back")
+        self._seam(s)
         return "ok"
+
+    @staticmethod
+    def _set_active(state: AgentState, step: UpdateStep) -> None:
+        """Name the previous version (and its deployment) as active again."""
+        if step.previous is None:
+            state.active.pop(step.name, None)
+            state.deployments.pop(step.name, None)
+        else:
+            state.active[step.name] = step.previous
+            if step.previous_deployment:
+                state.deployments[step.name] = step.previous_deployment

@@ -34,6 +34,7 @@ class UpdateStep:
     package: str
     state: str
     previous: int | None = None
+    previous_deployment: str = ""
     attempts: int = 0
     reason: str = ""
     message: str = ""
@@ -45,6 +46,8 @@ class AgentState:
     deployments: dict[str, str] = field(default_factory=dict)  # model name -> deployment id
     applied_serial: int = 0
     step: UpdateStep | None = None
+    # model name -> the last deployment that ended (committed, failed or rolled back)
+    concluded: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -53,6 +56,7 @@ class AgentState:
                 "deployments": self.deployments,
                 "applied_serial": self.applied_serial,
                 "step": self.step.__dict__ if self.step else None,
+                "concluded": self.concluded,
             },
             indent=1,
             sort_keys=True,
@@ -67,6 +71,7 @@ class AgentState:
             deployments={str(k): str(v) for k, v in raw.get("deployments", {}).items()},
             applied_serial=int(raw.get("applied_serial", 0)),
             step=UpdateStep(**step) if step else None,
+            concluded={str(k): str(v) for k, v in raw.get("concluded", {}).items()},
         )
 
 
