@@ -7,7 +7,7 @@ deletes records only when the server's application-level ack arrives.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import os
 import queue
@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -27,8 +27,12 @@ from edge_agent.fsutil import atomic_write
 from edge_agent.lifecycle import Activator, UpdateRunner
 from edge_agent.store import ModelStore, UpdateStep
 
+if TYPE_CHECKING:
+    from edge_agent.bundle import BundleInfo
+
 log = logging.getLogger(__name__)
 
+INBOX_POLL_S = 1.0
 PRIORITY_REPORT = 10
 PRIORITY_ROUTINE = 0
 RESEND_AFTER_S = 15.0
@@ -74,6 +78,8 @@ class Agent:
         self.summarizers: dict[str, Any] = {}
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
+        self.last_report: tuple[str, str, str] = ("", "", "")
+        self._lock: Any = None
         self.instance = secrets.token_hex(8)  # tells two copies of one identity apart
         self._triggers: queue.Queue[str] = queue.Queue()
         self._inflight: dict[int, float] = {}
@@ -91,6 +97,10 @@ class Agent:
     # -- start / stop ---------------------------------------------------------------------
     def start(self) -> None:
         from edge_agent.http_api import start_api
+
+        self._lock = hold_data_dir(self.config.data_dir)
+        if self._lock is None:
+            raise ConfigError(f"another agent is running on {self.config.data_dir}")
 
         self._load_active()
         self.api = start_api(
@@ -222,11 +232,17 @@ class Agent:
             self._triggers.put("notify")
 
     def _update_loop(self) -> None:
+        next_check = time.monotonic() + self.config.update_check_s
         while not self._stop.is_set():
-            with contextlib.suppress(queue.Empty):
-                self._triggers.get(timeout=self.config.update_check_s)
+            try:
+                self._triggers.get(timeout=INBOX_POLL_S)
+            except queue.Empty:
+                self._process_inbox()
+                if time.monotonic() < next_check:
+                    continue
             if self._stop.is_set():
                 return
+            next_check = time.monotonic() + self.config.update_check_s
             while not self._triggers.empty():  # coalesce bursts of hints
                 self._triggers.get_nowait()
             try:
@@ -267,6 +283,56 @@ class Agent:
         self.store.save_state(self.state)
         self._send_heartbeat()
 
+    # -- air-gapped bundles ---------------------------------------------------------------
+    def apply_bundle(self, info: BundleInfo) -> dict[str, Any]:
+        """Install a verified bundle through the same lifecycle as an MQTT deployment."""
+        from edge_agent.bundle import DirFetcher
+        from edge_agent.trust import TrustClient
+
+        if self.state.active.get(info.name) == info.version:
+            return {
+                "status": "active",
+                "model": info.name,
+                "version": info.version,
+                "message": "already active",
+            }
+        trust = TrustClient(
+            metadata_dir(self.config.data_dir),
+            targets_dir(self.config.data_dir),
+            lambda: DirFetcher(info.root),
+        )
+        # Each import is its own deployment: a retry after a refusal is a new attempt.
+        deployment = f"{info.deployment}-{secrets.token_hex(3)}"
+        model = protocol.AssignedModel(info.name, info.version, info.package, deployment)
+        self.runner.begin(self.state, model)
+        self.runner.run(self.state, _TrustFetcher(trust.cycle()))
+        status, reason, message = self.last_report
+        return {
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "model": info.name,
+            "version": info.version,
+        }
+
+    def _process_inbox(self) -> None:
+        inbox = self.config.data_dir / "inbox"
+        if not inbox.is_dir():
+            return
+        from edge_agent.bundle import unpack_info
+
+        for ready in sorted(inbox.glob("*.ready")):
+            try:
+                result = self.apply_bundle(unpack_info(ready))
+            except EdgeAgentError as e:
+                result = {
+                    "status": "failed",
+                    "reason": getattr(e, "reason", "internal"),
+                    "message": str(e),
+                }
+            atomic_write(ready / "result.json", json.dumps(result).encode())
+            ready.rename(ready.with_suffix(".done"))
+
     def _report_refusal(self, e: UpdateError) -> None:
         self.outbox.append(
             "alert", {"reason": e.reason, "message": e.message[:500]}, PRIORITY_REPORT
@@ -274,6 +340,7 @@ class Agent:
 
     # Reporter for the lifecycle
     def deployment(self, step: UpdateStep, status: str) -> None:
+        self.last_report = (status, step.reason, step.message)
         self.outbox.append(
             "deployment",
             {
@@ -391,6 +458,19 @@ class Agent:
                     with self._inflight_lock:
                         self._inflight.pop(env.seq, None)
                     break
+
+
+def hold_data_dir(data_dir: Path) -> Any:
+    """An exclusive lock on the data dir for this process's life; None if someone holds it."""
+    import fcntl
+
+    f = (data_dir / "agent.lock").open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
 
 
 def _sd_notify(message: str) -> None:

@@ -119,7 +119,13 @@ def broker_config(
 
 
 def write_broker_config(
-    data_dir: Path, out: Path, *, port: int, hostnames: tuple[str, ...], user: str, bind: str,
+    data_dir: Path,
+    out: Path,
+    *,
+    port: int,
+    hostnames: tuple[str, ...],
+    user: str,
+    bind: str,
     quiet: bool = False,
 ) -> dict[str, str]:
     """Broker files plus ``out/fleet-server/{cert,key}.pem``; returns the server settings."""
@@ -149,6 +155,31 @@ def write_broker_config(
             print(f'{k} = "{v}"')
         print('broker_pid_file = "/run/mosquitto/mosquitto.pid"  # so revocations reload it')
     return settings
+
+
+@app.command()
+def bundle(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    data_dir: DataDir,
+    out: Annotated[Path, typer.Option("--out", help="bundle file to write")],
+) -> None:
+    """Export a model version with its TUF metadata for air-gapped devices."""
+    from fleet_server.bundle import write_bundle
+    from fleet_server.services import tuf_dir
+
+    name, _, ver = ref.partition(":")
+    if not ver.isdigit():
+        err.print("[red]usage:[/] fleet-server bundle NAME:VERSION --data-dir DIR --out FILE")
+        raise typer.Exit(2)
+    try:
+        path = write_bundle(tuf_dir(data_dir), name, int(ver), out)
+    except FleetServerError as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(
+        f"wrote {path} ({path.stat().st_size} bytes); on the device: "
+        f"edge-agent import {path.name} --data-dir DIR"
+    )
 
 
 def main() -> None:
