@@ -33,8 +33,6 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
-    SpinnerColumn,
-    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
@@ -191,8 +189,7 @@ def login(
 @contextmanager
 def _upload_progress(label: str) -> Iterator[Callable[[int, int], None]]:
     """A transfer bar while the file uploads, then a spinner while the server converts."""
-    with Progress(
-        SpinnerColumn(),
+    bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
@@ -200,18 +197,27 @@ def _upload_progress(label: str) -> Iterator[Callable[[int, int], None]]:
         TimeElapsedColumn(),
         console=err,
         transient=True,
-    ) as bar:
-        upload = bar.add_task(f"uploading {label}", total=None)
-        waiting: list[TaskID] = []
+    )
+    spinner = err.status("server: converting, checking parity, measuring, signing")
+    task = bar.add_task(f"uploading {label}", total=None)
+    uploaded = False
 
-        def update(sent: int, total: int) -> None:
-            bar.update(upload, completed=sent, total=total)
-            if sent >= total and not waiting:
-                waiting.append(
-                    bar.add_task("server: converting, checking parity, signing", total=None)
-                )
+    def update(sent: int, total: int) -> None:
+        nonlocal uploaded
+        bar.update(task, completed=sent, total=total)
+        if sent >= total and not uploaded:
+            uploaded = True
+            bar.stop()
+            spinner.start()
 
+    bar.start()
+    try:
         yield update
+    finally:
+        if uploaded:
+            spinner.stop()
+        else:
+            bar.stop()
 
 
 @models_app.command("publish")
@@ -324,7 +330,7 @@ def _show_version(v: dict[str, Any], title: str) -> None:
         ("tags", _cell(v.get("tags"))),
         ("deprecated", "yes: " + v.get("deprecated_reason", "") if v.get("deprecated") else "no"),
         ("size", f"{v['size']} bytes"),
-        ("opsets", _cell(v.get("opsets") or {"": v.get("opset")})),
+        ("opsets", _opsets(v)),
         ("ort_min", v.get("ort_min", "")),
         ("framework", _cell(v.get("framework"))),
         ("parity", _parity_line(parity)),
@@ -340,6 +346,11 @@ def _show_version(v: dict[str, Any], title: str) -> None:
     for field, value in rows:
         table.add_row(field, str(value))
     console.print(table)
+
+
+def _opsets(v: dict[str, Any]) -> str:
+    found = v.get("opsets") or {"": v.get("opset")}
+    return ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in found.items())
 
 
 def _parity_line(parity: dict[str, Any]) -> str:
