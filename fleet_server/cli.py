@@ -1,10 +1,10 @@
-"""``fleet-server``: init, serve, demo, broker-config."""
+"""``fleet-server``: init, serve, demo, broker-config, rotate-key, rotate-root."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -100,6 +100,84 @@ def demo(
     from fleet_server.demo import run_demo
 
     raise typer.Exit(run_demo(data_dir, agents=agents, keep_running=keep_running))
+
+
+def _passphrase(env_name: str) -> bytes | None:
+    """A key passphrase from the environment variable ``env_name`` (never a CLI argument:
+    those end up in shell history and ``ps``)."""
+    import os
+
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if value is None:
+        raise FleetServerError(f"environment variable {env_name} is not set")
+    return value.encode()
+
+
+def _offline_repo(data_dir: Path) -> Any:
+    from fleet_server.services import tuf_dir
+    from fleet_server.tuf_repo import NullPublisher, TufRepository
+
+    # Offline on purpose: the server must be stopped (it holds the repository in memory);
+    # it republishes every root version and the current metadata when it starts again.
+    return TufRepository.load(tuf_dir(data_dir), NullPublisher())
+
+
+PassEnv = Annotated[
+    str, typer.Option("--passphrase-env", help="env var holding the root key passphrase")
+]
+
+
+@app.command("rotate-key")
+def rotate_key(
+    data_dir: DataDir,
+    role: Annotated[str, typer.Option("--role", help="targets, snapshot, timestamp or bins")],
+    passphrase_env: PassEnv = "",
+) -> None:
+    """Replace an online signing key (stop the server first). Top-level roles need the
+    offline root key; agents follow at their next update cycle."""
+    try:
+        repo = _offline_repo(data_dir)
+        before = repo.root_version
+        repo.rotate_online_key(role, root_passphrase=_passphrase(passphrase_env))
+    except FleetServerError as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
+    console.print(
+        f"rotated the {role} key; root version {before} -> {repo.root_version}. "
+        "Start the server to publish it."
+    )
+
+
+@app.command("rotate-root")
+def rotate_root(
+    data_dir: DataDir,
+    new_key: Annotated[Path, typer.Option("--new-key", help="file for the new root key")],
+    passphrase_env: PassEnv = "",
+    new_passphrase_env: Annotated[
+        str, typer.Option("--new-passphrase-env", help="env var with the new key's passphrase")
+    ] = "",
+) -> None:
+    """Replace the offline root key (stop the server first): the new root is signed by the
+    old and the new key, so agents accept it and then trust only the new key."""
+    if new_key.exists():
+        err.print(f"[red]error:[/] {new_key} exists; choose a new file")
+        raise typer.Exit(2)
+    try:
+        repo = _offline_repo(data_dir)
+        repo.rotate_root(
+            new_key,
+            old_passphrase=_passphrase(passphrase_env),
+            new_passphrase=_passphrase(new_passphrase_env),
+        )
+    except FleetServerError as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
+    console.print(
+        f"root version {repo.root_version} signed by the old and the new key; new root key: "
+        f"{new_key} (keep it offline). Start the server to publish it."
+    )
 
 
 @app.command("broker-config")

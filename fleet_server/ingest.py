@@ -114,6 +114,7 @@ def _apply(
             device_id=device.id,
             detail=env.body,
         )
+        _note_refusal(session, device, env.body)
 
 
 def _check_resend(session: Session, device: Device, env: protocol.Envelope) -> None:
@@ -154,6 +155,25 @@ def _apply_deployment(session: Session, device: Device, body: dict[str, Any]) ->
     row.reason = str(body.get("reason", ""))[:40]
     row.message = str(body.get("message", ""))[:2000]
     row.updated_at = utcnow()
+
+
+def _note_refusal(session: Session, device: Device, body: dict[str, Any]) -> None:
+    """A refusal of the metadata itself (expired, rolled back, bad signature) comes before
+    the device could read which deployment it is in: show the reason on the device's
+    unfinished deployments. The status stays; a later report replaces the reason."""
+    reason = body.get("reason")
+    if reason not in protocol.REASON_CODES:
+        return
+    rows = session.scalars(
+        select(DeploymentDevice).where(
+            DeploymentDevice.device_id == device.id,
+            DeploymentDevice.status.in_(("pending", "downloading")),
+        )
+    )
+    for row in rows:
+        row.reason = str(reason)
+        row.message = str(body.get("message", ""))[:2000]
+        row.updated_at = utcnow()
 
 
 def _aware(dt: datetime) -> datetime:

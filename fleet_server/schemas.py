@@ -119,6 +119,7 @@ class DeviceOut(BaseModel):
     cert_expires_soon: bool = False
     revoked: bool
     last_heartbeat: dict[str, Any] | None = None
+    last_refusal: dict[str, Any] | None = None  # the latest update the device refused
 
 
 class Target(Strict):

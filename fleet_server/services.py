@@ -169,10 +169,15 @@ class FleetServices:
 
     def _refresh_loop(self) -> None:
         interval = max(5.0, self.settings.timestamp_refresh_s)
-        while not self._stop.wait(interval):
+        # Re-sign what expires within two loop intervals (and never less than 12 hours), so
+        # a late or failed run still leaves agents valid metadata.
+        within = max(timedelta(hours=12), timedelta(seconds=2 * interval))
+        first = True  # a server that was down for a day must not wait an interval first
+        while first or not self._stop.wait(interval):
+            first = False
             try:
                 with self.publish_lock, self.db.begin() as session:
                     if try_job_lock(session, "tuf-refresh"):
-                        self.tuf.refresh_expiring(within=timedelta(hours=12))
+                        self.tuf.refresh_expiring(within=within)
             except Exception:
                 log.exception("TUF metadata refresh failed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta, timezone
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
@@ -11,7 +12,9 @@ from fleet_server.api.deps import Reader, Revoker, ServicesDep, SessionDep, remo
 from fleet_server.auth import audit
 from fleet_server.exceptions import NotFoundError
 from fleet_server.schemas import DeviceOut, TelemetryRecordOut
-from fleet_server.tables import Device, Telemetry, utcnow
+from fleet_server.tables import Alert, Device, Telemetry, utcnow
+
+REFUSAL_KINDS = ("device_refusal", "deployment_failed")
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
@@ -41,6 +44,25 @@ def _out(d: Device, full: bool = False, renew_days: int = 30) -> DeviceOut:
     )
 
 
+def _last_refusal(session: SessionDep, device_id: str) -> dict[str, Any] | None:
+    """The device's latest refusal: reason code, message, deployment when known."""
+    alert = session.scalar(
+        select(Alert)
+        .where(Alert.device_id == device_id, Alert.kind.in_(REFUSAL_KINDS))
+        .order_by(Alert.created_at.desc(), Alert.id.desc())
+        .limit(1)
+    )
+    if alert is None:
+        return None
+    return {
+        "reason": str(alert.detail.get("reason", "")),
+        "message": str(alert.detail.get("message", alert.message))[:500],
+        "deployment": alert.detail.get("deployment"),
+        "at": alert.created_at.isoformat(),
+        "resolved": alert.resolved_at is not None,
+    }
+
+
 def _get(session: SessionDep, device_id: str) -> Device:
     device = session.get(Device, device_id)
     if device is None:
@@ -60,7 +82,9 @@ def list_devices(
 
 @router.get("/{device_id}", response_model=DeviceOut)
 def show_device(device_id: str, session: SessionDep, actor: Reader) -> DeviceOut:
-    return _out(_get(session, device_id), full=True)
+    out = _out(_get(session, device_id), full=True)
+    out.last_refusal = _last_refusal(session, device_id)
+    return out
 
 
 @router.get("/{device_id}/telemetry", response_model=list[TelemetryRecordOut])
