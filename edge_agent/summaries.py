@@ -8,8 +8,9 @@ in the profile. Summary body (compact JSON; the daemon adds ``model`` and ``vers
     {"schema": 1, "profile": <16 hex of sha256 of the canonical profile JSON>,
      "start": <unix s>, "end": <unix s>, "windows": <windows merged>, "rows": N, "k": k,
      "features": [per profile feature, in profile order:
-        numeric:     [bins, sum, sumsq, nulls, nonfinite]   (trailing zeros left off)
-        categorical: [counts per vocabulary entry, oov, nulls] (trailing zeros left off)],
+        numeric:     [bins, sum, sumsq, nulls, nonfinite]  (sum/sumsq: float or null)
+        categorical: [counts per vocabulary entry, oov, nulls]  (integers only)
+        (trailing zero counts are left off)],
      "pred":   [counts per class..., other],      # predicted labels
      "score":  [bins over the profile's score edges],
      "conf":   [n, sum of max probability, sum of its squares],   # for CBPE-style estimates
@@ -21,12 +22,13 @@ Bins follow the profile: ``len(edges) + 1`` bins with open outer bins; bin i hol
 category index ``len(classes)`` / ``len(vocabulary)`` is "other / out of vocabulary".
 
 Small cells (k-anonymity, ``0 < count < k``):
-- a histogram bin is merged with its smaller neighbour until every group holds 0 or >= k
-  rows; the group's total sits in its leftmost bin and the other bins of the group are
-  ``null`` ("folded into the bin on the left"), so totals are kept and the server merges the
-  reference bins the same way before comparing;
-- a category or class below k is folded into "other" (its cell becomes ``null``); while
-  "other" itself is below k the smallest remaining category joins it;
+- a histogram bin is merged with its smaller non-empty neighbour until every group holds
+  0 or >= k rows (a whole histogram below k is reported as 0); the group's total sits in
+  its leftmost bin and the other bins of the group are ``null`` ("folded into the bin on
+  the left"), so totals are kept and the server folds the reference bins the same way;
+- a category or class below k is folded into "other" (its cell becomes ``null``); if
+  "other" then holds fewer than k rows it is reported as 0 (folding a large category into
+  it would cost the server more than the few rows lost);
 - null / non-finite counts and confusion cells below k are reported as 0;
 - sum and sumsq are sent only when at least k finite values were summed.
 This is cell suppression, not a defence against differencing across windows or fields;
@@ -166,7 +168,7 @@ class WindowSummarizer:
         groups: dict[str, list[int]] = {}
         for j, i in enumerate(self._numeric):
             groups.setdefault(self.features[i].input, []).append(j)
-        self._groups: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._groups: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         sizes = [len(self.features[i].edges) + 1 for i in self._numeric]
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         for inp, js in groups.items():
@@ -176,13 +178,14 @@ class WindowSummarizer:
                 e = self.features[self._numeric[j]].edges
                 edges[r, : len(e)] = e
             cols = np.array([self.features[self._numeric[j]].column for j in js], dtype=np.int64)
-            self._groups.append((inp, np.array(js, dtype=np.int64), cols, edges))
+            self._groups.append((inp, np.array(js, dtype=np.int64), cols, edges, _as32(edges)))
         self._categorical = [i for i, f in enumerate(self.features) if f.kind == "categorical"]
         self._vocab = {
             i: {v: n for n, v in enumerate(self.features[i].vocabulary)} for i in self._categorical
         }
         self._class_index = {c: n for n, c in enumerate(self.outputs.classes)}
         self._score_edges = np.asarray(self.outputs.score_edges, dtype=np.float64)
+        self._score_edges32 = _as32(self._score_edges)
         self._inputs = {f.input for f in self.features}
         self._recent: OrderedDict[str, int] = OrderedDict()
         self._ring = label_ring
@@ -285,11 +288,14 @@ class WindowSummarizer:
         self._count_outputs(outs)
 
     def _count_numeric(self, ins: dict[str, np.ndarray], n_rows: int) -> None:
-        for inp, js, cols, edges in self._groups:
+        for inp, js, cols, edges64, edges32 in self._groups:
             arr = ins.get(inp)
             if arr is None or arr.shape[1] <= int(cols.max()) or arr.dtype == object:
                 self._nulls[js] += n_rows  # the input is missing or not numeric
                 continue
+            # float32 inputs are compared with float32-rounded edges: a value that equals an
+            # edge in the reference data must land in the same bin after rounding.
+            edges = edges32 if arr.dtype == np.float32 else edges64
             v = arr[:, cols].astype(np.float64, copy=False)
             nan = np.isnan(v)
             finite = np.isfinite(v)
@@ -327,11 +333,12 @@ class WindowSummarizer:
                 self._pred[self._class_index.get(_text(value), other)] += c
         if o.scores is None or o.scores not in outs or outs[o.scores].dtype == object:
             return
+        edges = self._score_edges32 if outs[o.scores].dtype == np.float32 else self._score_edges
         p = outs[o.scores].astype(np.float64, copy=False)
         s = p.max(axis=1) if o.reduce == "max" or p.shape[1] <= o.column else p[:, o.column]
         s = s[np.isfinite(s)]
         self._score += np.bincount(
-            np.searchsorted(self._score_edges, s, side="right"), minlength=len(self._score)
+            np.searchsorted(edges, s, side="right"), minlength=len(self._score)
         )
         if o.label is not None and p.shape[1] >= 2:  # class probabilities: confidence sums
             m = p.max(axis=1)
@@ -371,17 +378,15 @@ class WindowSummarizer:
             sums: list[float | None] = [None, None]
             if noise is None and finite >= k:  # a sum over < k rows would reveal them
                 sums = [_round(self._sum[j]), _round(self._sumsq[j])]
-            entry: list[Any] = [
+            features[i] = [
                 _merge_bins(cells[:-2].tolist(), k),
-                *sums,
-                _cell(int(cells[-2]), k),
-                _cell(int(cells[-1]), k),
+                *sums,  # always present: they tell a numeric entry from a categorical one
+                *_trim([_cell(int(cells[-2]), k), _cell(int(cells[-1]), k)]),
             ]
-            features[i] = _trim(entry)
         for i in self._categorical:
             cells = noise.count(self._cat[i]) if noise else self._cat[i]
             counts, oov = _merge_categories(cells[:-2].tolist(), int(cells[-2]), k)
-            features[i] = _trim([counts, oov, _cell(int(cells[-1]), k)])
+            features[i] = [counts, *_trim([oov, _cell(int(cells[-1]), k)])]
         body: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "profile": self.digest,
@@ -469,8 +474,8 @@ def _merge_bins(counts: list[int], k: int) -> list[int | None]:
             n = 1
         elif g == len(groups) - 1:
             n = g - 1
-        else:
-            n = g - 1 if groups[g - 1][1] <= groups[g + 1][1] else g + 1
+        else:  # the smaller non-empty neighbour (an empty one does not lift the group)
+            n = min((g - 1, g + 1), key=lambda x: (groups[x][1] == 0, groups[x][1], x))
         left, right = min(g, n), max(g, n)
         groups[left][1] += groups[right][1]
         del groups[right]
@@ -481,31 +486,27 @@ def _merge_bins(counts: list[int], k: int) -> list[int | None]:
 
 
 def _merge_categories(counts: list[int], other: int, k: int) -> tuple[list[int | None], int]:
-    """Fold categories below k into "other"; grow "other" until it holds 0 or >= k rows."""
+    """Fold categories below k into "other"; "other" below k is then suppressed (0)."""
     out: list[int | None] = list(counts)
     for i, c in enumerate(counts):
         if 0 < c < k:
             other += c
             out[i] = None
-    while 0 < other < k:
-        rest = [(c, i) for i, c in enumerate(out) if c]
-        if not rest:
-            other = 0  # everything is below k: suppressed
-            break
-        c, i = min(rest)
-        other += c
-        out[i] = None
-    return out, other
+    return out, _cell(other, k)  # "other" still below k: suppressed
 
 
 def _cell(c: int, k: int) -> int:
     return c if c == 0 or c >= k else 0
 
 
-def _trim(entry: list[Any]) -> list[Any]:
-    while len(entry) > 1 and entry[-1] == 0:
+def _trim(entry: list[Any], keep: int = 0) -> list[Any]:
+    while len(entry) > keep and entry[-1] == 0:
         entry.pop()
     return entry
+
+
+def _as32(edges: np.ndarray) -> np.ndarray:
+    return edges.astype(np.float32).astype(np.float64)
 
 
 def _round(x: float) -> float:
