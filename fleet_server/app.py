@@ -8,7 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from fleet_server.api import admin, alerts, deployments, devices, enrollment, metrics, models
+from fleet_server.api import (
+    admin,
+    alerts,
+    deployments,
+    devices,
+    drift,
+    enrollment,
+    metrics,
+    models,
+)
 from fleet_server.exceptions import FleetServerError
 from fleet_server.limits import BodyLimit
 from fleet_server.services import FleetServices
@@ -56,6 +65,6 @@ def create_app(settings: Settings, services: FleetServices | None = None) -> Fas
         json_limit=1024 * 1024,
         upload_limit=settings.max_upload_bytes + settings.max_sample_bytes + 1024 * 1024,
     )
-    for module in (models, enrollment, devices, deployments, alerts, admin, metrics):
+    for module in (models, enrollment, devices, deployments, drift, alerts, admin, metrics):
         app.include_router(module.router)
     return app

@@ -17,6 +17,7 @@ from fleet_server.db import Database, try_job_lock
 from fleet_server.identity_watch import IdentityWatch
 from fleet_server.ingest import ingest, parse_uplinks
 from fleet_server.limits import RateLimiter
+from fleet_server.monitoring import DriftMonitor
 from fleet_server.mqtt_service import ServerMqtt, UplinkQueue
 from fleet_server.settings import Settings
 from fleet_server.tables import Device
@@ -49,6 +50,9 @@ class FleetServices:
         self.publish_lock = threading.RLock()
         self.uplinks = UplinkQueue()
         self.identity_watch = IdentityWatch()
+        self.monitor = DriftMonitor(
+            min_rows=settings.drift_min_rows, consecutive=settings.drift_consecutive
+        )
         self.publish_limiter = RateLimiter(settings.publish_rate_per_minute)
         self.broker: EmbeddedBroker | None = None
         self.mqtt: ServerMqtt | None = None
@@ -98,6 +102,7 @@ class FleetServices:
         self._spawn(self._ingest_loop, "ingest")
         self._spawn(self._refresh_loop, "tuf-refresh")
         self._spawn(self._staleness_loop, "staleness")
+        self._spawn(self._drift_loop, "drift")
 
     def stop(self) -> None:
         self._stop.set()
@@ -166,6 +171,15 @@ class FleetServices:
                         check_staleness(session, after)
             except Exception:
                 log.exception("staleness check failed")
+
+    def _drift_loop(self) -> None:
+        while not self._stop.wait(self.settings.drift_interval_s):
+            try:
+                with self.db.begin() as session:
+                    if try_job_lock(session, "drift"):
+                        self.monitor.run_once(session)
+            except Exception:
+                log.exception("drift evaluation failed")
 
     def _refresh_loop(self) -> None:
         interval = max(5.0, self.settings.timestamp_refresh_s)

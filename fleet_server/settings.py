@@ -42,6 +42,9 @@ class Settings:
     cert_renew_days: int = 30  # devices renew their certificate this long before expiry
     timestamp_refresh_s: float = 3600.0
     staleness_s: float = 300.0
+    drift_min_rows: int = 1000  # a merged window is evaluated only with this many rows
+    drift_consecutive: int = 3  # breaches in a row before a drift alert
+    drift_interval_s: float = 30.0
     max_upload_bytes: int = 200 * 1024 * 1024
     max_sample_bytes: int = 20 * 1024 * 1024
     publish_rate_per_minute: int = 30
