@@ -143,7 +143,7 @@ class DriftMonitor:
                 if mk is not None:
                     self._pending[(device_id, mk[0], mk[1])].append(body)
             evaluated = []
-            groups = dict(session.execute(select(Device.id, Device.group)).tuples().all())
+            groups = {d: g for d, g in session.execute(select(Device.id, Device.group))}
             for key, bodies in list(self._pending.items()):
                 results = self._evaluate(session, key, bodies)
                 if results is None:
