@@ -236,12 +236,19 @@ class UpdateRunner:
             self.store.prune(step.name, keep={v for v in (step.version, step.previous) if v})
         elif s == "failed":
             self.reporter.deployment(step, "failed")
+            self._discard(state, step)
         elif s == "rolling_back":
             self._set_active(state, step)
             self.activator.restore(step.name, step.previous)
             self.reporter.deployment(step, "rolled_back")
+            self._discard(state, step)
         self._seam(s)
         return "ok"
+
+    def _discard(self, state: AgentState, step: UpdateStep) -> None:
+        """A version that did not make it takes no disk space (never the active one)."""
+        if state.active.get(step.name) != step.version:
+            self.store.remove(step.name, step.version)
 
     @staticmethod
     def _set_active(state: AgentState, step: UpdateStep) -> None:

@@ -100,6 +100,9 @@ class ModelStore:
     ) -> Path:
         """Copy a verified model and its package into place; return the model path."""
         d = self.version_dir(package.name, package.version)
+        if d.exists():  # temp files of a copy that a crash interrupted
+            for stale in d.glob(".*"):
+                stale.unlink(missing_ok=True)
         atomic_copy(model_file, d / "model.onnx")
         atomic_write(d / "package.json", package_bytes)
         return d / "model.onnx"
@@ -125,6 +128,10 @@ class ModelStore:
                 shutil.rmtree(d / str(v), ignore_errors=True)
                 removed.append(v)
         return removed
+
+    def remove(self, name: str, version: int) -> None:
+        """Remove one installed version (a failed or rolled-back update's files)."""
+        shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
