@@ -27,6 +27,7 @@ class AgentConfig:
     server_url: str = ""
     mqtt_url: str = ""
     mqtt_tls: bool = False  # mTLS with the device certificate (mqtts:// implies it)
+    fetch_via: str = "mqtt"  # "mqtt" (default, one outbound port) or "https" (server_url)
     api_host: str = "127.0.0.1"
     api_port: int = 8501  # 0 picks a free port, written to <data_dir>/api.port
     unix_socket: bool = True

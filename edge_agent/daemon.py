@@ -252,16 +252,9 @@ class Agent:
 
     def update_cycle(self) -> None:
         """One TUF refresh; apply the signed assignment if it changed."""
-        from edge_agent.mqtt_fetcher import MqttFetcher
-        from edge_agent.trust import TrustClient
-
-        if not self.link.connected.is_set():
+        if self.config.fetch_via != "https" and not self.link.connected.is_set():
             return
-        trust = TrustClient(
-            metadata_dir(self.config.data_dir),
-            targets_dir(self.config.data_dir),
-            lambda: MqttFetcher(self.link, self.device_id, timeout=self.config.fetch_timeout_s),
-        )
+        trust = self._trust_client()
         cycle = trust.cycle()
         fetcher = _TrustFetcher(cycle)
         if self.state.step is not None:
@@ -332,6 +325,29 @@ class Agent:
                 }
             atomic_write(ready / "result.json", json.dumps(result).encode())
             ready.rename(ready.with_suffix(".done"))
+
+    def _trust_client(self) -> Any:
+        """TUF over MQTT (default) or over HTTPS from the server: same verification."""
+        from edge_agent.mqtt_fetcher import MqttFetcher
+        from edge_agent.trust import TrustClient
+
+        md, td = metadata_dir(self.config.data_dir), targets_dir(self.config.data_dir)
+        if self.config.fetch_via == "https":
+            from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
+
+            base = self.config.server_url.rstrip("/")
+            return TrustClient(
+                md,
+                td,
+                Urllib3Fetcher,
+                metadata_url=f"{base}/tuf/metadata/",
+                targets_url=f"{base}/tuf/targets/",
+            )
+        return TrustClient(
+            md,
+            td,
+            lambda: MqttFetcher(self.link, self.device_id, timeout=self.config.fetch_timeout_s),
+        )
 
     def _report_refusal(self, e: UpdateError) -> None:
         self.outbox.append(

@@ -17,6 +17,7 @@ from fleet_server.api import (
     enrollment,
     metrics,
     models,
+    tuf_files,
 )
 from fleet_server.exceptions import FleetServerError
 from fleet_server.limits import BodyLimit
@@ -65,6 +66,16 @@ def create_app(settings: Settings, services: FleetServices | None = None) -> Fas
         json_limit=1024 * 1024,
         upload_limit=settings.max_upload_bytes + settings.max_sample_bytes + 1024 * 1024,
     )
-    for module in (models, enrollment, devices, deployments, drift, alerts, admin, metrics):
+    for module in (
+        models,
+        enrollment,
+        devices,
+        deployments,
+        drift,
+        alerts,
+        admin,
+        metrics,
+        tuf_files,
+    ):
         app.include_router(module.router)
     return app

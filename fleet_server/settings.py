@@ -40,6 +40,7 @@ class Settings:
     broker_dir: str = ""  # written by `fleet-server broker-config`: revocations go there
     broker_pid_file: str = ""  # Mosquitto's pid file: SIGHUP after a revocation
     cert_renew_days: int = 30  # devices renew their certificate this long before expiry
+    serve_tuf_over_https: bool = False  # GET /tuf/...: the optional HTTPS transport
     timestamp_refresh_s: float = 3600.0
     staleness_s: float = 300.0
     drift_min_rows: int = 1000  # a merged window is evaluated only with this many rows
