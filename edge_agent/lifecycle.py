@@ -161,13 +161,14 @@ class UpdateRunner:
                 self._crash_hook(step.state)
             try:
                 event = self._act(state, step, fetcher)
-            except UpdateError as e:
-                step.reason, step.message, event = e.reason, e.message, "fail"
-            except EdgeAgentError as e:
-                step.reason, step.message, event = "internal", str(e), "fail"
-            except OSError as e:
-                step.reason = "disk_full" if e.errno == errno.ENOSPC else "internal"
-                step.message, event = str(e), "fail"
+            except (EdgeAgentError, OSError) as e:
+                if (step.state, "fail") not in TRANSITIONS:
+                    # committed, failed and rolling_back have no way out but through: the
+                    # saved state stays and the next cycle (or restart) runs it again.
+                    log.error("update %s:%s %s: %s", step.name, step.version, step.state, e)
+                    raise
+                step.reason, step.message = _reason(e)
+                event = "fail"
             nxt = TRANSITIONS[(step.state, event)]
             log.info("update %s:%s %s --%s--> %s", step.name, step.version, step.state, event, nxt)
             if nxt == "idle":
@@ -260,3 +261,12 @@ class UpdateRunner:
             state.active[step.name] = step.previous
             if step.previous_deployment:
                 state.deployments[step.name] = step.previous_deployment
+
+
+def _reason(e: Exception) -> tuple[str, str]:
+    """The reason code and message an error is reported with."""
+    if isinstance(e, UpdateError):
+        return e.reason, e.message
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return "disk_full", str(e)
+    return "internal", str(e)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent import protocol
+from edge_agent.exceptions import ModelLoadError
 from edge_agent.lifecycle import UpdateRunner
 from edge_agent.store import AgentState, ModelStore
 from tests.agent.test_lifecycle_table import FakeFetcher, Recorder, _assigned
@@ -104,3 +105,31 @@ def test_install_removes_temp_files_of_an_interrupted_copy(tmp_path: Path) -> No
     (d / ".model.onnx.abc123").write_bytes(b"half")
     _updated(tmp_path, UpdateRunner(store, rec, rec.activator()), AgentState(), 1)
     assert sorted(p.name for p in d.iterdir()) == ["model.onnx", "package.json"]
+
+
+def test_an_error_while_rolling_back_keeps_the_saved_state_for_the_next_cycle(
+    tmp_path: Path,
+) -> None:
+    store, rec = ModelStore(tmp_path), Recorder()
+    state = AgentState(active={"m": 1})
+    activator = rec.activator()
+    restore = activator.restore
+    broken = [True]
+
+    def flaky_restore(name: str, version: int | None) -> None:
+        if broken[0]:
+            raise ModelLoadError("cannot load v1 right now")
+        restore(name, version)
+
+    activator.restore = flaky_restore
+    runner = UpdateRunner(store, rec, activator, fail_in="switching")
+    runner.begin(state, _assigned(2))
+    with pytest.raises(ModelLoadError):
+        runner.run(state, FakeFetcher(tmp_path))
+    saved = store.load_state()
+    assert saved.step is not None and saved.step.state == "rolling_back"
+    assert saved.active == {"m": 1}
+    broken[0] = False
+    runner.run(state, FakeFetcher(tmp_path))  # the next update cycle
+    assert state.step is None and rec.serving["m"] == 1
+    assert rec.reports[-1][0] == "rolled_back"
