@@ -102,6 +102,7 @@ class Outbox:
         self._last_seq = self._meta("last_seq")
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
         self._depth, self._bytes = int(row[0]), int(row[1])
+        self._last_drop_log = float("-inf")
         self._oldest_ts: float | None = None
         self._oldest_known = False
 
@@ -137,15 +138,16 @@ class Outbox:
         with self._lock:
             now = self._clock()
             env = protocol.Envelope(self.device_id, self._last_seq + 1, kind, now, body)
-            encoded = env.to_bytes()
-            size = len(encoded)
+            body_json = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+            # The envelope is its frame around the same canonical body JSON: encode once.
+            frame = protocol.Envelope(self.device_id, env.seq, kind, now, {}).to_bytes()
+            size = len(frame) - 2 + len(body_json)
             # Guards against one runaway record (a huge body) evicting the whole outbox or
             # exceeding what the broker and the server accept for one message.
             if size > self.max_record_bytes:
                 raise ProtocolError(
                     f"outbox: {kind} record of {size} bytes exceeds {self.max_record_bytes}"
                 )
-            body_json = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -173,8 +175,9 @@ class Outbox:
             if self._oldest_known:
                 self._oldest_ts = now if self._oldest_ts is None else min(self._oldest_ts, now)
             self._dirty = True
-            if dropped:
-                log.warning("outbox full or stale: dropped %s", dropped)
+            if dropped and now - self._last_drop_log >= 60.0:  # at most once a minute
+                self._last_drop_log = now
+                log.warning("outbox full or stale: dropped %s (totals in stats())", dropped)
             return env
 
     def _expire(

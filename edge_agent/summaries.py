@@ -8,7 +8,7 @@ in the profile. Summary body (compact JSON; the daemon adds ``model`` and ``vers
     {"schema": 1, "profile": <16 hex of sha256 of the canonical profile JSON>,
      "start": <unix s>, "end": <unix s>, "windows": <windows merged>, "rows": N, "k": k,
      "features": [per profile feature, in profile order:
-        numeric:     [bins, sum, sumsq, nulls, nonfinite]  (sum/sumsq: float or null)
+        numeric:     [bins, mean, std, nulls, nonfinite]  (mean/std: float or null)
         categorical: [counts per vocabulary entry, oov, nulls]  (integers only)
         (trailing zero counts are left off)],
      "pred":   [counts per class..., other],      # predicted labels
@@ -30,16 +30,23 @@ Small cells (k-anonymity, ``0 < count < k``):
   "other" then holds fewer than k rows it is reported as 0 (folding a large category into
   it would cost the server more than the few rows lost);
 - null / non-finite counts and confusion cells below k are reported as 0;
-- sum and sumsq are sent only when at least k finite values were summed.
+- mean and std are sent only when at least k finite values were summed.
+
+Mean and standard deviation (population) carry what count, sum and sum of squares carry
+(n is the sum of the bins) in fewer digits (the mean to a thousandth of a std, the std to
+3 significant digits) and without the cancellation of sumsq/n - mean**2; they are
+accumulated around the reference median edge.
+The server merges them with Chan's formula (``fleet_server.drift.merge_summaries``).
 This is cell suppression, not a defence against differencing across windows or fields;
 for that, set ``epsilon``.
 
 Differential privacy (optional ``epsilon`` per window): the budget is split evenly over the
 m released queries (basic composition; every row adds 1 to one cell of each histogram, so
 each histogram has L1 sensitivity 1 under add/remove-one-row). Counts get two-sided
-geometric noise, the bounded max-probability sums Laplace noise; feature sums (unbounded)
-are not sent. Windows hold disjoint rows, so per row the budget is epsilon per window (plus
-its confusion share if its label arrives in a later window). Noise is drawn with numpy's
+geometric noise, the bounded max-probability sums Laplace noise; feature means and
+standard deviations (unbounded sensitivity) are not sent. Windows hold disjoint rows, so
+per row the budget is epsilon per window (plus its confusion share if its label arrives
+in a later window). Noise is drawn with numpy's
 PCG64 seeded from ``secrets`` (OpenDP's 47 MB wheel is too heavy for the agent; its
 floating-point-safe samplers are the upgrade path).
 """
@@ -171,6 +178,9 @@ class WindowSummarizer:
         self._groups: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         sizes = [len(self.features[i].edges) + 1 for i in self._numeric]
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._centre = np.array(
+            [_centre(self.features[i].edges) for i in self._numeric], dtype=np.float64
+        )
         for inp, js in groups.items():
             width = max(sizes[j] - 1 for j in js)
             edges = np.full((len(js), max(width, 1)), np.inf)
@@ -203,7 +213,7 @@ class WindowSummarizer:
         self._bins = np.zeros(int(self._offsets[-1]), dtype=np.int64)
         self._nulls = np.zeros(n_num, dtype=np.int64)
         self._nonfinite = np.zeros(n_num, dtype=np.int64)
-        self._sum = np.zeros(n_num)
+        self._sum = np.zeros(n_num)  # of (value - centre)
         self._sumsq = np.zeros(n_num)
         self._cat = {
             i: np.zeros(len(self.features[i].vocabulary) + 2, dtype=np.int64)
@@ -301,7 +311,7 @@ class WindowSummarizer:
             finite = np.isfinite(v)
             self._nulls[js] += nan.sum(axis=0)
             self._nonfinite[js] += (~finite & ~nan).sum(axis=0)
-            clean = np.where(finite, v, 0.0)
+            clean = np.where(finite, v - self._centre[js][None, :], 0.0)
             self._sum[js] += clean.sum(axis=0)
             self._sumsq[js] += np.square(clean).sum(axis=0)
             # searchsorted(edges, v, side="right") for all features at once: the number of
@@ -376,8 +386,10 @@ class WindowSummarizer:
                 cells = noise.count(cells)
             finite = int(bins.sum())
             sums: list[float | None] = [None, None]
-            if noise is None and finite >= k:  # a sum over < k rows would reveal them
-                sums = [_round(self._sum[j]), _round(self._sumsq[j])]
+            if noise is None and finite >= k:  # a mean of < k rows would reveal them
+                mean = self._sum[j] / finite
+                var = max(self._sumsq[j] / finite - mean * mean, 0.0)
+                sums = list(_moments(self._centre[j] + mean, math.sqrt(var)))
             features[i] = [
                 _merge_bins(cells[:-2].tolist(), k),
                 *sums,  # always present: they tell a numeric entry from a categorical one
@@ -509,8 +521,20 @@ def _as32(edges: np.ndarray) -> np.ndarray:
     return edges.astype(np.float32).astype(np.float64)
 
 
-def _round(x: float) -> float:
-    return float(f"{float(x):.9g}")
+def _round(x: float, digits: int = 9) -> float:
+    return float(f"{float(x):.{digits}g}")
+
+
+def _moments(mean: float, std: float) -> tuple[float, float]:
+    """Std to 3 significant digits, the mean to a thousandth of a std."""
+    if std <= 0 or not math.isfinite(std):
+        return _round(mean), 0.0
+    decimals = max(0, -math.floor(math.log10(std / 1000)))
+    return float(f"{mean:.{min(decimals, 20)}f}"), _round(std, 3)
+
+
+def _centre(edges: tuple[float, ...]) -> float:
+    return edges[len(edges) // 2] if edges else 0.0
 
 
 def _text(value: Any) -> str:

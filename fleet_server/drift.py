@@ -349,7 +349,7 @@ def _validated(summary: dict[str, Any], profile: dict[str, Any] | None = None) -
 
 
 def _entry_kind(entry: Any) -> str:
-    """numeric: [bins, sum|null, sumsq|null, nulls?, nonfinite?] (sums always present);
+    """numeric: [bins, mean|null, std|null, nulls?, nonfinite?] (moments always present);
     categorical: [counts, oov?, nulls?] (integers only)."""
     if not isinstance(entry, list) or not entry or not isinstance(entry[0], list):
         raise SummaryError("bad feature entry")
@@ -431,17 +431,29 @@ def _merge_entry(entries: list[Any]) -> list[Any]:
         raise SummaryError("feature entries disagree on their number of cells")
     if kinds == {"numeric"}:
         bins = _merge_bins([_cells_any(e[0]) for e in entries])
-        sums: list[Any] = [None, None]
+        moments: list[Any] = [None, None]
         if all(e[1] is not None and e[2] is not None for e in entries):
-            sums = [float(sum(e[1] for e in entries)), float(sum(e[2] for e in entries))]
+            moments = _merge_moments(
+                [(sum(int(c or 0) for c in e[0]), e[1], e[2]) for e in entries]
+            )
         nulls = sum(int(e[3]) for e in entries if len(e) > 3)
         nonfinite = sum(int(e[4]) for e in entries if len(e) > 4)
-        return [bins, *sums, *_trim([nulls, nonfinite], keep=0)]
+        return [bins, *moments, *_trim([nulls, nonfinite], keep=0)]
     counts = _merge_categorical(
         [_cells_any(e[0]) for e in entries], [int(e[1]) if len(e) > 1 else 0 for e in entries]
     )
     nulls = sum(int(e[2]) if len(e) > 2 else 0 for e in entries)
     return [counts[:-1], *_trim([counts[-1], nulls], keep=0)]
+
+
+def _merge_moments(parts: list[tuple[int, float, float]]) -> list[float | None]:
+    """Mean and population std of the union (Chan et al.: no sumsq - mean**2 cancellation)."""
+    n = sum(p[0] for p in parts)
+    if n == 0:
+        return [None, None]
+    mean = sum(k * m for k, m, _ in parts) / n
+    var = sum(k * (sd * sd + (m - mean) ** 2) for k, m, sd in parts) / n
+    return [float(mean), math.sqrt(var)]
 
 
 def _merge_bins(cells: list[list[int | None]]) -> list[int | None]:

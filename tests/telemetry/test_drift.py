@@ -159,15 +159,22 @@ def test_folded_bins_are_compared_with_the_reference_folded_the_same_way() -> No
 
 
 def test_merging_uses_the_coarsest_common_folding() -> None:
-    base = {"schema": 1, "profile": "p", "k": 5, "windows": 1, "start": 10, "end": 20}
-    a = {
+    base: dict[str, Any] = {
+        "schema": 1,
+        "profile": "p",
+        "k": 5,
+        "windows": 1,
+        "start": 10,
+        "end": 20,
+    }
+    a: dict[str, Any] = {
         **base,
         "rows": 80,
-        "features": [[[43, None, 32, None], 1.5, 2.5, 5], [[70, 0, None], 5]],
+        "features": [[[43, None, 32, None], 1.0, 1.0, 5], [[70, 0, None], 5]],
         "pred": [50, None, 30],
         "labels": [[0, 0, 7]],
     }
-    b = {
+    b: dict[str, Any] = {
         **base,
         "rows": 100,
         "start": 5,
@@ -179,6 +186,12 @@ def test_merging_uses_the_coarsest_common_folding() -> None:
     m = merge_summaries([a, b])
     assert m["rows"] == 180 and m["windows"] == 2 and (m["start"], m["end"]) == (5, 20)
     assert m["features"][0] == [[73, None, 102, None], None, None, 5]
+    c = {**b, "features": [[[0, 5, 10, 5], 3.0, 1.0], b["features"][1]]}
+    moments = merge_summaries([a, c])["features"][0][1:3]
+    # 75 rows with mean 1, std 1 and 20 rows with mean 3, std 1:
+    mean = (75 * 1 + 20 * 3) / 95
+    var = (75 * (1 + (1 - mean) ** 2) + 20 * (1 + (3 - mean) ** 2)) / 95
+    assert moments == pytest.approx([mean, var**0.5], rel=1e-12)
     assert m["features"][1] == [[75, 5, None], 10, 6]  # 5 + b's folded red (5)
     assert m["pred"] == [90, None, 90]
     assert m["labels"] == [[0, 0, 10], [1, 0, 5]]
