@@ -266,8 +266,7 @@ class Outbox:
                 raise
             self._depth -= removed
             self._bytes -= nbytes
-            self._oldest_known = False
-            self._dirty = True
+            self._oldest_known = False  # deletes need no sync before sending: not dirty
             return removed
 
     def stats(self) -> OutboxStats:

@@ -181,3 +181,17 @@ def test_a_corrupt_outbox_is_moved_aside_and_numbering_does_not_restart(tmp_path
     box = _box(db)
     assert list(tmp_path.glob("o.db.corrupt-*"))
     assert box.append("heartbeat", {}, 0).seq > old  # the clock floor: no reuse
+
+
+def test_records_handed_to_the_sender_are_already_in_the_main_database_file(
+    tmp_path: Path,
+) -> None:
+    # pending() checkpoints (fsyncs) the WAL before returning records, so a power loss
+    # after a send cannot take a sent record back and let its seq be reused.
+    box = _box(tmp_path / "o.db")
+    sent = [box.append("heartbeat", {"i": i}, 0).seq for i in range(20)]
+    assert [e.seq for e in box.pending(100)] == sent
+    copy = tmp_path / "copy" / "o.db"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "o.db").read_bytes())  # the main file alone, no WAL
+    assert [e.seq for e in _box(copy).pending(100)] == sent
