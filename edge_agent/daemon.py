@@ -92,6 +92,7 @@ class Agent:
             self,
             Activator(self._warm, self._switch, self._restore),
             crash_hook=_crash_hook_from_env(),
+            min_free_bytes=config.min_free_bytes,
         )
 
     # -- start / stop ---------------------------------------------------------------------
@@ -136,6 +137,8 @@ class Agent:
             ident = identity_dir(self.config.data_dir)
             tls = TlsFiles(ca=ident / "ca.pem", cert=ident / "cert.pem", key=ident / "key.pem")
         link = MqttLink(self.config.mqtt_url, self.device_id, tls=tls)
+        # A (re)connect may follow a missed notify or a crash: look for work right away.
+        link.on_connected = lambda: self._triggers.put("connected")
         link.subscribe(protocol.device_topic(self.device_id, "notify"), self._on_notify)
         link.subscribe(protocol.device_topic(self.device_id, "ack"), self._on_ack)
         return link
@@ -197,8 +200,10 @@ class Agent:
             self.registry.remove(name)
             return
         installed = self.store.installed(name, version)
-        if installed is not None:
-            self.registry.swap(load_model(installed[1], installed[0]))
+        if installed is None:
+            # The runner keeps the rolling_back step and retries; the registry is untouched.
+            raise UpdateError("internal", f"previous version {name}:{version} is missing on disk")
+        self.registry.swap(load_model(installed[1], installed[0]))
 
     def _summarizer_for(self, package: protocol.ModelPackage) -> None:
         from edge_agent.summaries import WindowSummarizer
@@ -268,8 +273,8 @@ class Agent:
         if assignment is None or assignment.serial <= self.state.applied_serial:
             return  # nothing assigned, or a replay of what is applied: a no-op
         for model in assignment.models:
-            if self.state.active.get(model.name) == model.version:
-                continue
+            # begin() skips a deployment that already ended and reports one of the version
+            # already active as active at once (a re-deployment must not stay pending).
             self.runner.begin(self.state, model)
             self.runner.run(self.state, fetcher)
         self.state.applied_serial = assignment.serial

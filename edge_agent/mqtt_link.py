@@ -88,6 +88,8 @@ class MqttLink:
         self.connected = threading.Event()
         self._keepalive = keepalive
         self._lock = threading.Lock()
+        # Called (on paho's thread: must not block) after every successful (re)connect.
+        self.on_connected: Callable[[], None] | None = None
         self._handlers: dict[str, MessageCallback] = {}
         self._queues: dict[str, list[TopicQueue]] = {}
         self._subacks: dict[int, threading.Event] = {}
@@ -268,6 +270,8 @@ class MqttLink:
             client.subscribe([(t, 1) for t in sorted(topics)])
         self.connected.set()
         log.info("connected to %s:%s", self.host, self.port)
+        if self.on_connected is not None:
+            self.on_connected()
 
     def _on_disconnect(
         self,

@@ -26,6 +26,7 @@ from fleet_server.exceptions import BrokerError
 
 log = logging.getLogger(__name__)
 
+PUBLISH_CONNECT_WAIT_S = 15.0
 UP_FILTER = f"{protocol.TOPIC_ROOT}/devices/+/up"
 
 
@@ -53,6 +54,8 @@ class ServerMqtt:
         # uplink then reaches one replica. Brokers without $share need one replica.
         self.up_filter = f"$share/{shared_group}/{UP_FILTER}" if shared_group else UP_FILTER
         self.connected = threading.Event()
+        self.reconnected = threading.Event()  # set on every connect after the first
+        self._ever_connected = False
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -105,6 +108,9 @@ class ServerMqtt:
             log.error("broker refused the server: %s", reason)
             return
         client.subscribe(self.up_filter, qos=1)
+        if self._ever_connected:
+            self.reconnected.set()
+        self._ever_connected = True
         self.connected.set()
 
     def _on_disconnect(
@@ -127,6 +133,9 @@ class ServerMqtt:
         if self._embedded is not None and retain:
             self._embedded.retain(topic, payload, broadcast=True)
             return
+        # Ride out a broker restart or a network blip before refusing the caller (503).
+        if not self.connected.wait(PUBLISH_CONNECT_WAIT_S):
+            raise BrokerError(f"the MQTT broker at {self.host}:{self.port} is unreachable")
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")

@@ -20,7 +20,7 @@ from fleet_server.limits import RateLimiter
 from fleet_server.monitoring import DriftMonitor
 from fleet_server.mqtt_service import ServerMqtt, UplinkQueue
 from fleet_server.settings import Settings
-from fleet_server.tables import Device
+from fleet_server.tables import Assignment, Device
 
 if TYPE_CHECKING:
     from fleet_server.tuf_repo import TufRepository
@@ -103,6 +103,7 @@ class FleetServices:
         self._spawn(self._refresh_loop, "tuf-refresh")
         self._spawn(self._staleness_loop, "staleness")
         self._spawn(self._drift_loop, "drift")
+        self._spawn(self._republish_loop, "republish")
 
     def stop(self) -> None:
         self._stop.set()
@@ -171,6 +172,24 @@ class FleetServices:
                         check_staleness(session, after)
             except Exception:
                 log.exception("staleness check failed")
+
+    def _republish_loop(self) -> None:
+        """A broker that restarted without persistence has lost every retained message:
+        put the TUF repository, the chunks and the devices' hints back."""
+        assert self.mqtt is not None
+        while not self._stop.is_set():
+            if not self.mqtt.reconnected.wait(1.0):
+                continue
+            self.mqtt.reconnected.clear()
+            try:
+                with self.publish_lock:
+                    self.tuf.republish_all()
+                with self.db.session() as session:
+                    devices = list(session.scalars(select(Assignment.device_id)))
+                self.notify(devices)
+                log.info("republished the repository after a broker reconnect")
+            except Exception:
+                log.exception("republishing after a broker reconnect failed")
 
     def _drift_loop(self) -> None:
         while not self._stop.wait(self.settings.drift_interval_s):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ from typing import Any, TypeVar
 from fleet_server.client import FleetClient
 from fleet_server.local_fleet import AgentProcess
 from tests.support.fleet import RunningServer
-from tests.support.mosquitto import DEV_CONF, Mosquitto
+from tests.support.mosquitto import Mosquitto, start_mosquitto
 
 T = TypeVar("T")
 BASE_ENV = {"EDGE_AGENT_HEARTBEAT_S": "1"}
@@ -152,24 +150,4 @@ def random_onnx_model(features: int) -> bytes:
 
 def start_mosquitto_on(workdir: Path, port: int) -> Mosquitto:
     """Mosquitto with the project's dev config on ``port`` (a restart keeps the address)."""
-    import socket
-
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = workdir / "mosquitto.conf"
-    cfg.write_text(f"{DEV_CONF.read_text()}\nlistener {port} 127.0.0.1\n")
-    log = workdir / "mosquitto.log"
-    proc = subprocess.Popen(
-        [binary, "-c", str(cfg)], stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return Mosquitto(port, proc, log)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start listening")
+    return start_mosquitto(workdir, port=port)

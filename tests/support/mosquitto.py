@@ -38,18 +38,21 @@ class Mosquitto:
             self.process.wait(5)
 
 
-def start_mosquitto(workdir: Path, conf: Path = DEV_CONF, extra: str = "") -> Mosquitto:
-    """Run mosquitto with ``conf`` plus a listener on a free port; wait until it accepts."""
+def start_mosquitto(
+    workdir: Path, conf: Path = DEV_CONF, extra: str = "", port: int | None = None
+) -> Mosquitto:
+    """Run mosquitto with ``conf`` plus a listener on ``port`` (default: a free one); wait
+    until it accepts. The same ``port`` again restarts a broker at the same address."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise RuntimeError("mosquitto is not installed (apt-get install -y mosquitto)")
-    port = free_port()
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "mosquitto.conf"
     cfg.write_text(f"{conf.read_text()}\n{extra}\nlistener {port} 127.0.0.1\n")
     log = workdir / "mosquitto.log"
     proc = subprocess.Popen(
-        [binary, "-c", str(cfg)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+        [binary, "-c", str(cfg)], stdout=log.open("ab"), stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
