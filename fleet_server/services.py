@@ -49,6 +49,7 @@ class FleetServices:
         self.ca = FleetCA.load(ca_dir(settings.data_dir))
         self.publish_lock = threading.RLock()
         self.uplinks = UplinkQueue()
+        self.ingested = 0
         self.identity_watch = IdentityWatch()
         self.monitor = DriftMonitor(
             min_rows=settings.drift_min_rows, consecutive=settings.drift_consecutive
@@ -155,6 +156,7 @@ class FleetServices:
             except Exception:  # a bad batch must not stop ingestion; agents resend
                 log.exception("ingest failed for a batch of %d", len(batch))
                 continue
+            self.ingested += len(envs)
             assert self.mqtt is not None
             for device_id, seqs in acks.items():
                 self.mqtt.send_nowait(
