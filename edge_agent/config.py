@@ -33,6 +33,9 @@ class AgentConfig:
     unix_socket: bool = True
     heartbeat_s: float = 30.0
     summary_window_s: float = 300.0
+    summary_k: int = 5  # cells with fewer rows are merged or suppressed
+    summary_min_rows: int = 100  # smaller windows are held and merged
+    summary_epsilon: float = 0.0  # > 0: differential-privacy noise per window
     update_check_s: float = 300.0
     fetch_timeout_s: float = 30.0
     cert_renew_days: float = 30.0  # renew the device certificate this long before expiry

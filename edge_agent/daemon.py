@@ -110,6 +110,7 @@ class Agent:
             port=self.config.api_port,
             unix_socket=self.config.socket_path if self.config.unix_socket else None,
             on_infer=self._on_infer,
+            extra_routes={("POST", "/v2/labels"): self._on_labels},
             max_body_bytes=self.config.max_request_bytes,
         )
         atomic_write(self.config.data_dir / "api.port", str(self.api.port).encode())
@@ -212,7 +213,12 @@ class Agent:
             try:
                 self.summarizers[package.name] = (
                     package.version,
-                    WindowSummarizer(package.profile),
+                    WindowSummarizer(
+                        package.profile,
+                        k_min=self.config.summary_k,
+                        min_rows=self.config.summary_min_rows,
+                        epsilon=self.config.summary_epsilon or None,
+                    ),
                 )
             except Exception as e:  # a bad profile must not block serving
                 log.warning("no data summaries for %s: %s", package.name, e)
@@ -223,13 +229,31 @@ class Agent:
         inputs: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
         seconds: float,
+        request_id: str | None = None,
     ) -> None:
         self.latency.record(seconds)
         with self._stats_lock:
             self.counts[name] = self.counts.get(name, 0) + 1
             entry = self.summarizers.get(name)
             if entry is not None:
-                entry[1].observe(inputs, outputs)
+                entry[1].observe(inputs, outputs, inference_ids(request_id, inputs))
+
+    def _on_labels(self, body: bytes) -> tuple[int, Any]:
+        """POST /v2/labels {"model": NAME, "labels": [{"id": ID, "label": L}, ...]}: ground
+        truth for recent predictions (ID: the request's "id", or "ID:ROW" for batches). Only
+        confusion counts per window go upstream, never the rows."""
+        try:
+            doc = json.loads(body)
+            name = str(doc["model"])
+            items = [(str(x["id"]), x["label"]) for x in doc["labels"]]
+        except (ValueError, KeyError, TypeError) as e:
+            return 400, {"error": f"expected {{model, labels: [{{id, label}}]}}: {e}"}
+        with self._stats_lock:
+            entry = self.summarizers.get(name)
+            if entry is None:
+                return 404, {"error": f"no monitored model {name!r}"}
+            matched = sum(bool(entry[1].record_label(i, label)) for i, label in items)
+        return 200, {"matched": matched, "unknown": len(items) - matched}
 
     # -- updates --------------------------------------------------------------------------
     def _on_notify(self, topic: str, payload: bytes) -> None:
@@ -479,6 +503,14 @@ class Agent:
                     with self._inflight_lock:
                         self._inflight.pop(env.seq, None)
                     break
+
+
+def inference_ids(request_id: str | None, inputs: dict[str, np.ndarray]) -> list[str] | None:
+    """Per-row ids for later labels: the request id, or "id:row" for a batch."""
+    if not request_id or not inputs:
+        return None
+    rows = len(next(iter(inputs.values())))
+    return [request_id] if rows == 1 else [f"{request_id}:{i}" for i in range(rows)]
 
 
 def hold_data_dir(data_dir: Path) -> Any:

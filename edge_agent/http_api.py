@@ -45,7 +45,8 @@ from edge_agent.runtime import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
 
-InferHook = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray], float], None]
+# (model name, inputs, outputs, seconds, request id or None)
+InferHook = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray], float, str | None], None]
 RouteHandler = Callable[[bytes], tuple[int, Any]]
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -112,12 +113,13 @@ class _Api:
         return model
 
     def call_hook(self, model: LoadedModel, inputs: dict[str, np.ndarray],
-                  outputs: dict[str, np.ndarray], seconds: float) -> None:
+                  outputs: dict[str, np.ndarray], seconds: float,
+                  request_id: str | None = None) -> None:
         hook = self.on_infer
         if hook is None:
             return
         try:
-            hook(model.name, inputs, outputs, seconds)
+            hook(model.name, inputs, outputs, seconds, request_id)
         except Exception:  # telemetry must never break serving
             self.hook_failures += 1
             if self.hook_failures in (1, 10, 100, 1000):
@@ -335,7 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(500, "internal error")
             return
         self._send(200, response)
-        api.call_hook(model, request.inputs, outputs, seconds)
+        api.call_hook(model, request.inputs, outputs, seconds, request.id)
 
     def _extra(self, handler: RouteHandler, body: bytes) -> None:
         try:

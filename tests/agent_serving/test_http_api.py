@@ -39,7 +39,7 @@ def server(
     registry: ModelRegistry, tmp_path: Path, calls: list[tuple[str, float]]
 ) -> Iterator[ApiServer]:
     def hook(name: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-             seconds: float) -> None:
+             seconds: float, request_id: str | None) -> None:
         calls.append((name, seconds))
 
     api = start_api(registry, port=0, unix_socket=tmp_path / "oip.sock", on_infer=hook,
