@@ -499,7 +499,7 @@ class Agent:
                     if sent is not None and now - sent < RESEND_AFTER_S:
                         continue
                     self._inflight[env.seq] = now
-                if not self.link.publish(up, env.to_bytes(), qos=1):
+                if not self.link.publish(up, env.to_bytes(compress=True), qos=1):
                     with self._inflight_lock:
                         self._inflight.pop(env.seq, None)
                     break

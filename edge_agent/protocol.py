@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ MQTT_URL_SCHEME = "mqtt:///"
 TUF_METADATA_URL = MQTT_URL_SCHEME + TUF_METADATA_PREFIX
 TUF_TARGETS_URL = MQTT_URL_SCHEME + TUF_TARGETS_PREFIX
 CHUNK_SIZE = 256 * 1024
+MAX_ENVELOPE_BYTES = 1 << 20  # inflated size limit of one upstream message
 
 DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -302,8 +304,9 @@ class Envelope:
     ts: float
     body: dict[str, Any]
 
-    def to_bytes(self) -> bytes:
-        return _dumps(
+    def to_bytes(self, compress: bool = False) -> bytes:
+        """Compact JSON; ``compress`` deflates it (zlib), which ``from_bytes`` detects."""
+        data = _dumps(
             {
                 "v": PROTOCOL_VERSION,
                 "device": self.device,
@@ -313,9 +316,19 @@ class Envelope:
                 "body": self.body,
             }
         )
+        return zlib.compress(data, 6) if compress else data
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> Envelope:
+        if payload[:1] == b"\x78":  # a zlib header; JSON starts with "{"
+            inflater = zlib.decompressobj()
+            try:
+                # Guards against a zip bomb: never inflate beyond MAX_ENVELOPE_BYTES.
+                payload = inflater.decompress(payload, MAX_ENVELOPE_BYTES)
+            except zlib.error as e:
+                raise ProtocolError(f"envelope: bad compressed payload: {e}") from e
+            if inflater.unconsumed_tail or not inflater.eof:
+                raise ProtocolError("envelope: compressed payload too large or truncated")
         data = _loads(payload, "envelope")
         kind = _req(data, "kind", str, "envelope")
         if kind not in ENVELOPE_KINDS:

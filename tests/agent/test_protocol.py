@@ -61,3 +61,15 @@ def test_assignment_and_package_round_trip() -> None:
 def test_not_json_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         protocol.Ack.from_bytes(b"\xff\xfe")
+
+
+def test_compressed_envelope_round_trips_and_a_zip_bomb_is_refused() -> None:
+    import zlib
+
+    env = protocol.Envelope("dev-1", 8, "summary", 2.0, {"features": [[1, 2, 3]] * 50})
+    packed = env.to_bytes(compress=True)
+    assert len(packed) < len(env.to_bytes())
+    assert protocol.Envelope.from_bytes(packed) == env
+    bomb = zlib.compress(b"{" + b" " * (protocol.MAX_ENVELOPE_BYTES * 4) + b"}")
+    with pytest.raises(ProtocolError):
+        protocol.Envelope.from_bytes(bomb)
