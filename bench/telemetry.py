@@ -14,8 +14,14 @@ Sections (each a function returning table rows; add more to ``SECTIONS``):
   (compact JSON), and zlib-compressed for comparison; the baseline is the raw rows as
   compact JSON. Goal: at most 35 KB a day.
 
-The server ingest rate belongs in a ``server_ingest`` section added by whoever builds
-ingestion (append a function to ``SECTIONS``).
+* ``server_ingest``: summaries (20 features) per second through
+  ``fleet_server.ingest.ingest`` in batches of 500 (as the server's ingest loop takes them),
+  many devices, into SQLite and into PostgreSQL (when one answers at ``EDGEFLEET_TEST_PG``
+  or 127.0.0.1:5432; a fresh database, dropped afterwards); the baseline is a plain
+  executemany INSERT of the same rows, without ON CONFLICT, RETURNING and device updates.
+  Goal: at least 5,000 per second on PostgreSQL. Then a redelivery pass (all duplicates),
+  and end to end: paho publishes to ``edgefleet/devices/<id>/up`` on a real Mosquitto, a
+  running server stores them; the time until the last row is in the database.
 
     .venv/bin/python -m bench.telemetry [--only outbox,observe,bytes] [--dir DIR] [--quick]
 """
@@ -24,12 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import shutil
 import sqlite3
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -339,11 +350,212 @@ def bench_bytes(work: Path, quick: bool) -> Rows:
     return rows
 
 
+# -- server ingest ------------------------------------------------------------------------------
+PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+INGEST_BATCH = 500  # what FleetServices._ingest_loop takes from the queue at most
+
+
+@contextmanager
+def _postgres_db() -> Iterator[str | None]:
+    """A fresh PostgreSQL database (dropped afterwards), or None when none answers."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception:
+        yield None
+        return
+    name = "edgefleet_bench_" + secrets.token_hex(4)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _summary_envelopes(n: int, n_devices: int) -> list[Envelope]:
+    """Hourly summaries as WindowSummarizer makes them (20 features), many devices."""
+    s = WindowSummarizer(_profile(), min_rows=1)
+    rng = np.random.default_rng(3)
+    bodies = []
+    for _ in range(8):
+        ins, outs = _traffic(rng, 3600)
+        s.observe(ins, outs)
+        body = s.flush()
+        assert body is not None
+        bodies.append({"model": "churn", "version": 3, **body})
+    t0 = 1_700_000_000.0
+    return [
+        Envelope(
+            f"bench-dev-{i % n_devices:04d}",
+            1_000_000 + i // n_devices,
+            "summary",
+            t0 + 3600 * (i // n_devices),
+            bodies[i % len(bodies)],
+        )
+        for i in range(n)
+    ]
+
+
+def _plain_rows(envs: list[Envelope]) -> Rows:
+    return [
+        {
+            "device_id": e.device,
+            "seq": e.seq,
+            "kind": e.kind,
+            "ts": datetime.fromtimestamp(e.ts, timezone.utc),
+            "received_at": datetime.now(timezone.utc),
+            "body": e.body,
+        }
+        for e in envs
+    ]
+
+
+def _ingest_rates(url: str, envs: list[Envelope], n_devices: int) -> dict[str, float]:
+    from sqlalchemy import insert
+
+    from fleet_server.db import Database
+    from fleet_server.ingest import ingest
+    from fleet_server.tables import Device, Telemetry
+
+    db = Database(url)
+    db.migrate()
+    with db.begin() as session:
+        session.add_all(Device(id=f"bench-dev-{i:04d}") for i in range(n_devices))
+    batches = [envs[i : i + INGEST_BATCH] for i in range(0, len(envs), INGEST_BATCH)]
+    # Baseline: the same rows under other sequence numbers, a plain executemany INSERT
+    # (no ON CONFLICT, no RETURNING, no device updates), one transaction per batch.
+    shifted = [[replace(e, seq=e.seq + 10**9) for e in b] for b in batches]
+    t0 = time.perf_counter()
+    for b in shifted:
+        with db.begin() as session:
+            session.execute(insert(Telemetry), _plain_rows(b))
+    plain = len(envs) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for b in batches:
+        with db.begin() as session:
+            acks = ingest(session, b)
+            assert sum(len(v) for v in acks.values()) == len(b)
+    ours = len(envs) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for b in batches:  # every one a duplicate: acked again, stored once
+        with db.begin() as session:
+            ingest(session, b)
+    again = len(envs) / (time.perf_counter() - t0)
+    with db.session() as session:
+        from sqlalchemy import func, select
+
+        stored = session.scalar(select(func.count()).select_from(Telemetry))
+    assert stored == 2 * len(envs), stored
+    db.engine.dispose()
+    return {"ingest": ours, "plain": plain, "redelivery": again}
+
+
+def _end_to_end(work: Path, url: str, envs: list[Envelope], n_devices: int) -> float:
+    """Publish with paho to edgefleet/devices/<id>/up; time until every row is stored."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from sqlalchemy import func, select
+
+    from fleet_server.cli import initialize
+    from fleet_server.db import Database
+    from fleet_server.local_fleet import ServerThread, free_port
+    from fleet_server.settings import Settings
+    from fleet_server.tables import Device, Telemetry
+    from tests.support.mosquitto import start_mosquitto
+
+    data_dir = work / "server"
+    initialize(data_dir, url, print_token=False)
+    db = Database(url or f"sqlite:///{data_dir / 'fleet.db'}")
+    with db.begin() as session:
+        session.add_all(Device(id=f"bench-dev-{i:04d}") for i in range(n_devices))
+    broker = start_mosquitto(work / "mosquitto")
+    server = ServerThread(
+        Settings.load(data_dir, port=free_port(), db_url=url, mqtt_url=broker.url)
+    )
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
+    try:
+        server.start()
+        pub.max_inflight_messages_set(100)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        payloads = [(f"edgefleet/devices/{e.device}/up", e.to_bytes()) for e in envs]
+        t0 = time.perf_counter()
+        for topic, data in payloads:
+            pub.publish(topic, data, qos=1)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with db.session() as session:
+                n = session.scalar(select(func.count()).select_from(Telemetry))
+            if n == len(envs):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"only {n} of {len(envs)} rows stored")
+        return len(envs) / (time.perf_counter() - t0)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        server.stop()
+        broker.stop()
+        db.engine.dispose()
+
+
+def bench_server_ingest(work: Path, quick: bool) -> Rows:
+    n_devices = 200 if quick else 1000
+    n = 5000 if quick else 30000
+    envs = _summary_envelopes(n, n_devices)
+    size = sum(len(e.to_bytes()) for e in envs[:50]) // 50
+    rows: Rows = []
+    with _postgres_db() as pg:
+        backends = [("sqlite", f"sqlite:///{work / 'ingest.db'}")]
+        if pg is not None:
+            backends.append(("postgresql", pg))
+        for name, url in backends:
+            r = _ingest_rates(url, envs, n_devices)
+            rows.append(
+                {
+                    "measure": f"ingest() {name}, batches of {INGEST_BATCH}, {n_devices} devices",
+                    "per_s": r["ingest"],
+                    "baseline": "plain executemany INSERT",
+                    "baseline_per_s": r["plain"],
+                    "ratio": r["ingest"] / r["plain"],
+                    "envelope_bytes": size,
+                    **({"goal_ok": r["ingest"] >= 5000} if name == "postgresql" else {}),
+                }
+            )
+            rows.append(
+                {
+                    "measure": f"ingest() {name}, all duplicates (redelivery)",
+                    "per_s": r["redelivery"],
+                    "baseline": "ingest() first delivery",
+                    "baseline_per_s": r["ingest"],
+                    "ratio": r["redelivery"] / r["ingest"],
+                }
+            )
+    with _postgres_db() as pg:  # a fresh database again: initialize() makes the schema
+        e2e_n = min(n, 10000)
+        rate = _end_to_end(work / "e2e", pg or "", envs[:e2e_n], n_devices)
+        direct = rows[-2]["per_s"]
+        rows.append(
+            {
+                "measure": f"end to end: paho -> Mosquitto -> server -> "
+                f"{'postgresql' if pg else 'sqlite'}, {e2e_n} envelopes",
+                "per_s": rate,
+                "baseline": "ingest() direct, same database",
+                "baseline_per_s": direct,
+                "ratio": rate / direct,
+            }
+        )
+    return rows
+
+
 SECTIONS: dict[str, Callable[[Path, bool], Rows]] = {
     "outbox": bench_outbox,
     "observe": bench_observe,
     "bytes": bench_bytes,
-    # "server_ingest": added with the server's ingestion (fleet_server.ingest).
+    "server_ingest": bench_server_ingest,
 }
 
 
