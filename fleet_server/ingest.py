@@ -7,7 +7,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -74,6 +74,7 @@ def ingest(
     )
     fresh = {(r[0], r[1]) for r in result}
     acks: dict[str, list[int]] = {}
+    seen: dict[str, float] = {}
     for device_id, envs in by_device.items():
         if device_id not in known:
             continue
@@ -81,17 +82,41 @@ def ingest(
         for env in sorted(envs, key=lambda e: e.seq):
             if (device_id, env.seq) in fresh:  # side effects once, in sequence order
                 _apply(session, device, env, watch)
+                seen[device_id] = max(seen.get(device_id, env.ts), env.ts)
             elif env.kind == "heartbeat" and isinstance(env.body.get("instance"), str):
                 _check_resend(session, device, env)
         acks[device_id] = [e.seq for e in envs]
+    _touch_last_seen(session, seen, dialect)
     return acks
+
+
+def _touch_last_seen(session: Session, seen: dict[str, float], dialect: str) -> None:
+    """One statement per batch (not one UPDATE per device): last_seen only moves forward."""
+    if not seen:
+        return
+    data = [(d, datetime.fromtimestamp(ts, timezone.utc)) for d, ts in seen.items()]
+    if dialect == "postgresql":  # two array parameters: the statement text never changes
+        session.execute(
+            text(
+                "UPDATE devices SET last_seen = GREATEST(COALESCE(devices.last_seen, u.ts), u.ts)"
+                " FROM unnest(CAST(:ids AS varchar[]), CAST(:tss AS timestamptz[])) AS u(id, ts)"
+                " WHERE devices.id = u.id"
+            ),
+            {"ids": [d for d, _ in data], "tss": [ts for _, ts in data]},
+        )
+        return
+    session.connection().execute(
+        update(Device)
+        .where(Device.id == bindparam("d"))
+        .where(or_(Device.last_seen.is_(None), Device.last_seen < bindparam("ts")))
+        .values(last_seen=bindparam("ts")),
+        [{"d": d, "ts": ts} for d, ts in data],
+    )
 
 
 def _apply(
     session: Session, device: Device, env: protocol.Envelope, watch: IdentityWatch | None
 ) -> None:
-    when = datetime.fromtimestamp(env.ts, timezone.utc)
-    device.last_seen = max(_aware(device.last_seen), when) if device.last_seen else when
     if env.kind == "heartbeat":
         models = env.body.get("models")
         if isinstance(models, dict):
