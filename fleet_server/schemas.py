@@ -76,6 +76,10 @@ class EnrollmentTokenIn(Strict):
     group: str = Field("", max_length=63, pattern=r"^[a-z0-9_.-]*$")
     expires_in_s: int = Field(24 * 3600, ge=60, le=30 * 24 * 3600)
 
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"group": "lab", "expires_in_s": 3600}]}
+    )
+
 
 class EnrollmentTokenOut(BaseModel):
     token: str
@@ -87,6 +91,19 @@ class EnrollIn(Strict):
     token: str = Field(max_length=200)
     csr: str = Field(max_length=8192, description="PEM certificate signing request")
     name: str | None = Field(None, max_length=63)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "token": "efe_...",
+                    "csr": "-----BEGIN CERTIFICATE REQUEST-----\n...",
+                    "name": "press-7",
+                }
+            ]
+        },
+    )
 
 
 class EnrollOut(BaseModel):
@@ -125,6 +142,10 @@ class DeviceOut(BaseModel):
 class Target(Strict):
     devices: list[str] | None = Field(None, min_length=1, max_length=10_000)
     group: str | None = Field(None, max_length=63)
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"devices": ["press-7"]}, {"group": "lab"}]}
+    )
 
 
 class DeploymentIn(Strict):

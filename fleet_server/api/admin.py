@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fleet_server.api.deps import Admin, SessionDep, remote
@@ -22,6 +22,13 @@ class TokenIn(Strict):
     name: str = Field(min_length=1, max_length=120)
     role: str = Field(pattern="^(" + "|".join(ROLES) + ")$")
     expires_in_s: int | None = Field(90 * 24 * 3600, ge=60, le=3 * 365 * 24 * 3600)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "ci", "role": "publisher", "expires_in_s": 86400}]
+        },
+    )
 
 
 class TokenOut(BaseModel):
