@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 import converters
+from converters.exceptions import ParityError
 from edge_agent.protocol import ModelPackage
 from tests.converters.matrix import CASES, Case, to_csv
 
@@ -18,6 +19,13 @@ def test_estimator_converts_with_parity_from_csv_sample(case: Case) -> None:
     if case.needs and importlib.util.find_spec(case.needs) is None:
         pytest.skip(f"{case.needs} is not installed (pip install 'edgefleet[{case.needs}]')")
     estimator, frame = case.build()
+    if case.name == "HistGradientBoostingRegressor" and _sklearn_below(1, 8):
+        # scikit-learn < 1.8 (the newest on Python 3.10) splits on float64 thresholds that
+        # float32 ONNX cannot reproduce on a few rows: publishing refuses it (ParityError),
+        # it does not ship it. Proven here; the parity path is tested on 1.8+.
+        with pytest.raises(ParityError):
+            converters.convert_estimator(estimator, to_csv(frame))
+        return
     result = converters.convert_estimator(estimator, to_csv(frame))
 
     assert result.parity["passed"] and not result.parity["forced"], result.parity
@@ -60,3 +68,10 @@ def test_estimator_converts_with_parity_from_csv_sample(case: Case) -> None:
     )
     assert ModelPackage.from_bytes(package.to_bytes()) == package
     assert result.profile["rows"] == len(frame)
+
+
+def _sklearn_below(major: int, minor: int) -> bool:
+    import sklearn
+
+    parts = sklearn.__version__.split(".")
+    return (int(parts[0]), int(parts[1])) < (major, minor)
