@@ -19,7 +19,6 @@ import fcntl
 import ipaddress
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.exceptions import ProtocolError
+from edge_agent.fsutil import atomic_write
 from edge_agent.protocol import validate_device_id
 
 KEY_NAME = "ca.key"
@@ -114,26 +114,6 @@ def verify_csr(csr_pem: bytes, device_id: str) -> x509.CertificateSigningRequest
     return csr
 
 
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    """Atomic write: temp file in the same directory, fsync, os.replace, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -208,8 +188,8 @@ class FleetCA:
             .sign(key, hashes.SHA256())
         )
         # The key is written first (0600 from the start); ca.pem marks a complete CA.
-        _write_private(directory / KEY_NAME, key_pem(key), 0o600)
-        _write_private(directory / CERT_NAME, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(directory / KEY_NAME, key_pem(key), 0o600)
+        atomic_write(directory / CERT_NAME, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cls(directory, key, cert)
 
     @classmethod
@@ -339,7 +319,7 @@ class FleetCA:
                 yield state
                 if json.dumps(state, sort_keys=True) != before:
                     data = json.dumps(state, indent=1, sort_keys=True).encode()
-                    _write_private(self._revoked_path, data, 0o644)
+                    atomic_write(self._revoked_path, data, 0o644)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

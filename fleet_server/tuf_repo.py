@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -61,6 +60,7 @@ from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
 from edge_agent import protocol
+from edge_agent.fsutil import atomic_write
 from fleet_server.exceptions import FleetServerError, InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -153,25 +153,10 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_key(path: Path, key: Ed25519PrivateKey, passphrase: bytes | None) -> None:
     enc = BestAvailableEncryption(passphrase) if passphrase else NoEncryption()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, enc)
-    _atomic_write(path, pem, 0o600)
+    atomic_write(path, pem, 0o600)
 
 
 def _load_signer(path: Path, passphrase: bytes | None = None) -> CryptoSigner:
@@ -287,24 +272,24 @@ class TufRepository:
 
         md_dir = root_dir / "metadata"
         md_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(md_dir / "1.root.json", root_md.to_bytes(_SERIALIZER))
-        _atomic_write(md_dir / "root.json", root_md.to_bytes(_SERIALIZER))
+        atomic_write(md_dir / "1.root.json", root_md.to_bytes(_SERIALIZER))
+        atomic_write(md_dir / "root.json", root_md.to_bytes(_SERIALIZER))
         for role, m in roles.items():
             signer = signers["targets"] if role == "targets" else signers[BINS_KEY]
             m.sign(signer)
             data = m.to_bytes(_SERIALIZER)
-            _atomic_write(md_dir / f"1.{role}.json", data)
+            atomic_write(md_dir / f"1.{role}.json", data)
             snapshot.signed.meta[f"{role}.json"] = MetaFile(1, len(data))
         snapshot.sign(signers["snapshot"])
         snap_bytes = snapshot.to_bytes(_SERIALIZER)
-        _atomic_write(md_dir / "1.snapshot.json", snap_bytes)
+        atomic_write(md_dir / "1.snapshot.json", snap_bytes)
         timestamp.signed.snapshot_meta = MetaFile(1, len(snap_bytes))
         timestamp.sign(signers["timestamp"])
-        _atomic_write(md_dir / "timestamp.json", timestamp.to_bytes(_SERIALIZER))
-        _atomic_write(root_dir / "state.json", b'{"dying": []}')
-        _atomic_write(root_dir / "index.json", b"{}")
+        atomic_write(md_dir / "timestamp.json", timestamp.to_bytes(_SERIALIZER))
+        atomic_write(root_dir / "state.json", b'{"dying": []}')
+        atomic_write(root_dir / "index.json", b"{}")
         cfg = {"expiry": expiry.to_json(), "root_key_path": str(root_key_path)}
-        _atomic_write(root_dir / "repo.json", json.dumps(cfg, indent=1).encode())
+        atomic_write(root_dir / "repo.json", json.dumps(cfg, indent=1).encode())
         repo = cls(root_dir, publisher or NullPublisher(), clock=clock)
         if publisher is not None:
             repo.republish_all()
@@ -377,7 +362,7 @@ class TufRepository:
                 if extra is not None:
                     info.unrecognized_fields["custom"] = extra
                 url = content_url(path, info.hashes["sha256"])
-                _atomic_write(self.targets_dir / url, data)
+                atomic_write(self.targets_dir / url, data)
                 self._publish_content(url, data)
                 role = self._role_for(path)
                 self._roles[role].signed.targets[path] = info
@@ -422,7 +407,7 @@ class TufRepository:
         md.sign(self._signers["targets" if role == "targets" else BINS_KEY])
         data = md.to_bytes(_SERIALIZER)
         name = f"{md.signed.version}.{quote(role, '')}.json"
-        _atomic_write(self.metadata_dir / name, data)
+        atomic_write(self.metadata_dir / name, data)
         self.publisher.publish(protocol.TUF_METADATA_PREFIX + name, data, retain=True)
         self._snapshot.signed.meta[f"{role}.json"] = MetaFile(md.signed.version, len(data))
 
@@ -433,7 +418,7 @@ class TufRepository:
         snap.sign(self._signers["snapshot"])
         data = snap.to_bytes(_SERIALIZER)
         name = f"{snap.signed.version}.snapshot.json"
-        _atomic_write(self.metadata_dir / name, data)
+        atomic_write(self.metadata_dir / name, data)
         self.publisher.publish(protocol.TUF_METADATA_PREFIX + name, data, retain=True)
         self._timestamp.signed.snapshot_meta = MetaFile(snap.signed.version, len(data))
 
@@ -444,14 +429,14 @@ class TufRepository:
         ts.sign(self._signers["timestamp"])
         data = ts.to_bytes(_SERIALIZER)
         # Also kept versioned on disk (an HTTPS mirror may serve them); published unversioned.
-        _atomic_write(self.metadata_dir / "timestamp.json", data)
+        atomic_write(self.metadata_dir / "timestamp.json", data)
         self.publisher.publish(protocol.TUF_METADATA_PREFIX + "timestamp.json", data, retain=True)
 
     def _write_root(self, root_md: Metadata[Root]) -> None:
         data = root_md.to_bytes(_SERIALIZER)
         name = f"{root_md.signed.version}.root.json"
-        _atomic_write(self.metadata_dir / name, data)
-        _atomic_write(self.metadata_dir / "root.json", data)
+        atomic_write(self.metadata_dir / name, data)
+        atomic_write(self.metadata_dir / "root.json", data)
         self.publisher.publish(protocol.TUF_METADATA_PREFIX + name, data, retain=True)
         self._root = root_md
 
@@ -481,10 +466,10 @@ class TufRepository:
                     missing_ok=True
                 )
         self._dying = before - after
-        _atomic_write(
+        atomic_write(
             self.root_dir / "state.json", json.dumps({"dying": sorted(self._dying)}).encode()
         )
-        _atomic_write(self.root_dir / "index.json", json.dumps(self._index).encode())
+        atomic_write(self.root_dir / "index.json", json.dumps(self._index).encode())
 
     def republish_all(self) -> None:
         """Publish every live file again (a broker that restarted may have forgotten them)."""
@@ -618,4 +603,4 @@ class TufRepository:
             self._write_root(root_md)
             self.root_key_path = Path(new_root_key_path).absolute()
             cfg = {"expiry": self.expiry.to_json(), "root_key_path": str(self.root_key_path)}
-            _atomic_write(self.root_dir / "repo.json", json.dumps(cfg, indent=1).encode())
+            atomic_write(self.root_dir / "repo.json", json.dumps(cfg, indent=1).encode())
