@@ -336,8 +336,10 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("inference request on %s failed", name)
             self._error(500, "internal error")
             return
-        self._send(200, response)
+        # The hook (telemetry: a few µs) runs before the answer goes out, so a label posted
+        # right after the answer always finds its prediction.
         api.call_hook(model, request.inputs, outputs, seconds, request.id)
+        self._send(200, response)
 
     def _extra(self, handler: RouteHandler, body: bytes) -> None:
         try:
@@ -493,9 +495,10 @@ def start_api(
 ) -> ApiServer:
     """Serve ``registry`` over HTTP on ``host:port`` (and ``unix_socket``); threads, no wait.
 
-    ``on_infer(name, inputs, outputs, seconds)`` runs after each successful inference has
-    been answered (``seconds``: validation plus onnxruntime); its errors are logged, never
-    returned. ``extra_routes`` maps ``(method, path)`` to ``handler(body) -> (status, doc)``.
+    ``on_infer(name, inputs, outputs, seconds, request_id)`` runs after each successful
+    inference, just before the answer is sent (``seconds``: validation plus onnxruntime); it
+    must be cheap, and its errors are logged, never returned. ``extra_routes`` maps
+    ``(method, path)`` to ``handler(body) -> (status, doc)``.
     """
     api = _Api(registry, on_infer, extra_routes, max_body_bytes)
     handler = type("OipHandler", (_Handler,), {"api": api, "timeout": idle_timeout_s})
