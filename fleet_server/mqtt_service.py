@@ -122,7 +122,7 @@ class ServerMqtt:
         props: object,
     ) -> None:
         self.connected.clear()
-        log.warning("disconnected from the broker: %s", reason)
+        (log.warning if reason.is_failure else log.info)("disconnected from the broker: %s", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._on_uplink(msg.topic, bytes(msg.payload))
