@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INBOX_POLL_S = 1.0
+SENDER_POLL_S = 0.5
 PRIORITY_REPORT = 10
 PRIORITY_ROUTINE = 0
 RESEND_AFTER_S = 15.0
@@ -78,6 +79,7 @@ class Agent:
         self.summarizers: dict[str, Any] = {}
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
+        self._send_now = threading.Event()
         self.last_report: tuple[str, str, str] = ("", "", "")
         self._lock: Any = None
         self.instance = secrets.token_hex(8)  # tells two copies of one identity apart
@@ -146,6 +148,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._send_now.set()
         self._triggers.put("stop")
         for t in self._threads:
             t.join(timeout=5)
@@ -156,6 +159,7 @@ class Agent:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._send_now.set()
 
     def run_forever(self) -> None:
         self.start()
@@ -474,7 +478,7 @@ class Agent:
 
     # -- sender ---------------------------------------------------------------------------
     def _wake_sender(self) -> None:
-        pass  # the sender polls often; kept as a seam for an event later
+        self._send_now.set()
 
     def _on_ack(self, topic: str, payload: bytes) -> None:
         try:
@@ -489,7 +493,9 @@ class Agent:
 
     def _sender_loop(self) -> None:
         up = protocol.device_topic(self.device_id, "up")
-        while not self._stop.wait(0.2):
+        while not self._stop.is_set():
+            self._send_now.wait(SENDER_POLL_S)  # reports go out at once, the rest on the poll
+            self._send_now.clear()
             if self.link is None or not self.link.connected.is_set():
                 continue
             now = time.monotonic()
