@@ -381,15 +381,20 @@ def models_show(name: str, version: int, as_json: JsonOpt = False) -> None:
     _show_version(v, "model")
 
 
+def _changed(version: dict[str, Any], as_json: bool, message: str) -> None:
+    """After a change to a version: the version as JSON, or one line for people."""
+    if as_json or state.as_json:
+        _json_out(version)
+    else:
+        err.print(message)
+
+
 @models_app.command("stage")
 def models_stage(name: str, version: int, stage: str, as_json: JsonOpt = False) -> None:
     """Set STAGE (none, staging, production, archived); production archives the old one."""
     with _client() as c:
         v = _run(c.set_stage, name, version, stage)
-    if as_json or state.as_json:
-        _json_out(v)
-        return
-    err.print(f"{name}:{version} is now {v['stage']}")
+    _changed(v, as_json, f"{name}:{version} is now {v['stage']}")
 
 
 @models_app.command("tag")
@@ -405,10 +410,7 @@ def models_tag(
         _fail(ExitCode.USAGE, "give --add TAG and/or --remove TAG")
     with _client() as c:
         v = _run(c.change_tags, name, version, add=add, remove=remove)
-    if as_json or state.as_json:
-        _json_out(v)
-        return
-    err.print(f"{name}:{version} tags: {_cell(v['tags']) or '-'}")
+    _changed(v, as_json, f"{name}:{version} tags: {_cell(v['tags']) or '-'}")
 
 
 @models_app.command("deprecate")
@@ -421,10 +423,7 @@ def models_deprecate(
     """Deprecate a version: it can no longer be deployed (one way)."""
     with _client() as c:
         v = _run(c.deprecate, name, version, reason)
-    if as_json or state.as_json:
-        _json_out(v)
-        return
-    err.print(f"{name}:{version} is deprecated")
+    _changed(v, as_json, f"{name}:{version} is deprecated")
 
 
 @models_app.command("optimize")
