@@ -6,6 +6,7 @@ import io
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -17,8 +18,9 @@ from fleet_server.settings import Settings
 console = Console()
 
 
-def train_demo_model(workdir: Path) -> tuple[Path, Path, list[list[float]], object]:
-    """A scaler + logistic regression on scikit-learn's bundled breast-cancer data, in skops."""
+def train_demo_model(workdir: Path) -> tuple[Path, Path, Any, Any]:
+    """A scaler + logistic regression on scikit-learn's bundled breast-cancer data, saved with
+    skops, a 300-row sample CSV of its training rows, and the held-out rows (float32)."""
     import numpy as np
     import skops.io as sio
     from sklearn.datasets import load_breast_cancer
@@ -36,7 +38,7 @@ def train_demo_model(workdir: Path) -> tuple[Path, Path, list[list[float]], obje
     buf = io.StringIO()
     np.savetxt(
         buf,
-        x_train[:200],
+        x_train[:300],
         delimiter=",",
         fmt="%.6g",
         header=",".join(f"f{i}" for i in range(x.shape[1])),
@@ -44,7 +46,7 @@ def train_demo_model(workdir: Path) -> tuple[Path, Path, list[list[float]], obje
     )
     sample_path = workdir / "sample.csv"
     sample_path.write_text(buf.getvalue())
-    return model_path, sample_path, x_test[:5].tolist(), model
+    return model_path, sample_path, x_test, model
 
 
 def run_demo(data_dir: Path, *, agents: int = 3, keep_running: bool = False) -> int:
@@ -75,7 +77,8 @@ def run_demo(data_dir: Path, *, agents: int = 3, keep_running: bool = False) -> 
                 fleet.append(agent)
             console.print(f"enrolled and started {agents} agents (separate processes)")
 
-            model_path, sample_path, rows, model = train_demo_model(data_dir)
+            model_path, sample_path, held_out, model = train_demo_model(data_dir)
+            rows = held_out[:5].tolist()
             version = client.publish("breast-cancer", model_path, sample=sample_path)
             parity = version["parity"]["outputs"]
             console.print(
@@ -89,7 +92,7 @@ def run_demo(data_dir: Path, *, agents: int = 3, keep_running: bool = False) -> 
             console.print(f"deployment {dep['id']}: {dep['counts']}")
 
             answer = fleet[0].infer("breast-cancer", rows)
-            expected = model.predict(rows)  # type: ignore[attr-defined]
+            expected = model.predict(rows)
             table = Table(
                 title=f"inference on demo-1 (model version {answer.get('model_version')})"
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import numpy as np
 
 from fleet_server.cli import initialize
 from fleet_server.client import FleetClient
+from fleet_server.demo import train_demo_model
 from fleet_server.local_fleet import ServerThread, free_port
 from fleet_server.settings import Settings
 
@@ -52,27 +52,7 @@ def running_server(
 
 
 def breast_cancer_pipeline(tmp: Path) -> tuple[Path, Path, np.ndarray, Any]:
-    """A fitted StandardScaler + LogisticRegression, saved with skops, and a sample CSV."""
-    import skops.io as sio
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x, y = load_breast_cancer(return_X_y=True)
-    x = x.astype(np.float32)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[:400], y[:400])
-    path = tmp / "model.skops"
-    sio.dump(model, path)
-    buf = io.StringIO()
-    np.savetxt(
-        buf,
-        x[:300],
-        delimiter=",",
-        fmt="%.8g",
-        header=",".join(f"f{i}" for i in range(x.shape[1])),
-        comments="",
-    )
-    sample = tmp / "sample.csv"
-    sample.write_text(buf.getvalue())
-    return path, sample, x[400:420], model
+    """The demo's fitted StandardScaler + LogisticRegression (skops), its 300-row sample CSV,
+    and 20 held-out rows."""
+    model, sample, held_out, estimator = train_demo_model(tmp)
+    return model, sample, held_out[:20], estimator
